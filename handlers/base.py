@@ -1,0 +1,217 @@
+"""The one base handler: request ids, CORS, JSON errors, body limits, auth.
+
+Every handler of the node derives from :class:`BaseHandler`. Whatever goes
+wrong in a handler ends up in :meth:`BaseHandler.write_error`, which answers
+the OpenAI error shape; an :class:`~models.errors.ApiError` keeps its status,
+anything else is a 500 logged with its traceback and a body without internals.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import ujson
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from models.errors import ERROR_TYPES, ApiError
+from utils.context import NodeContext
+from utils.metrics import IN_FLIGHT
+
+log = logging.getLogger("mira.handlers")
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID, OpenAI-Organization, OpenAI-Project"
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """Shared behaviour of every endpoint.
+
+    Bodies are streamed in (never buffered by Tornado) so that a body over
+    MAX_BODY_SIZE is refused with 413 as soon as that is known; handlers read
+    the complete body from :attr:`body`.
+    """
+
+    route_name = "other"
+    accept_body = False  # POST handlers set True; others discard any body
+    ctx: NodeContext
+
+    request_id = ""
+
+    def initialize(self) -> None:
+        self.provider = ""
+        self.upstream_status: int | None = None
+        self.stream_bytes = 0
+        self.client_aborted = False
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+        self._counted = False
+
+    # -- headers common to every response ----------------------------------------
+
+    def set_default_headers(self) -> None:
+        # Runs from RequestHandler.__init__ (before initialize) and again on send_error.
+        if not self.request_id:
+            self.ctx = self.application.settings["ctx"]
+            incoming = self.request.headers.get("X-Request-ID", "")
+            self.request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        self.set_header("X-Request-ID", self.request_id)
+        self.set_header("Content-Type", "application/json")
+        origins = self.ctx.settings.cors_origins
+        if "*" in origins:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        else:
+            origin = self.request.headers.get("Origin")
+            if origin and origin in origins:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Vary", "Origin")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight for any path."""
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        requested = self.request.headers.get("Access-Control-Request-Headers")
+        self.set_header("Access-Control-Allow-Headers", requested or _CORS_ALLOW_HEADERS)
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.finish()
+
+    def compute_etag(self) -> None:
+        return None  # API answers are not cached; skip hashing every body
+
+    # -- request body --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        limit = self.ctx.settings.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is not None and self.request.method != "OPTIONS":
+            try:
+                size = int(length)
+            except ValueError:
+                raise ApiError(400, "Invalid Content-Length header") from None
+            if size > limit:
+                self.set_header("Connection", "close")
+                raise ApiError(413, f"Request body is larger than the limit of {limit} bytes", code="request_too_large")
+        self.request.connection.set_max_body_size(limit + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self.ctx.settings.max_body_size:
+            self._chunks.clear()
+            self.set_header("Connection", "close")
+            self.send_error(413, exc_info=(ApiError, ApiError(413, "Request body is too large", code="request_too_large"), None))
+            return
+        if self.accept_body:
+            self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The complete request body."""
+        return b"".join(self._chunks)
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            error = exc
+            if exc.status == 499:  # the client is gone: nothing to say to it
+                self.client_aborted = True
+                self.set_status(499, "Client Closed Request")
+                return
+            self.set_status(exc.status)
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, HTTPError) and exc.status_code < 500:
+            message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
+            error = ApiError(status_code, message or self._reason)
+        elif status_code == 405:
+            error = ApiError(405, f"Method {self.request.method} is not allowed on {self.request.path}")
+        elif status_code < 500:
+            error = ApiError(status_code, self._reason)
+        else:
+            error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
+        self.clear_header("Content-Type")
+        self.set_header("Content-Type", "application/json")
+        self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
+        if self._headers.get("Connection") == "close":
+            self.request.connection.stream.io_loop.add_callback(self._close_connection)
+
+    def _close_connection(self) -> None:
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None and not stream.closed():
+            stream.close()
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            if value.status >= 500 and value.status != 503:
+                log.warning("%s %s: %s %s", self.request_id, self.request.path, value.status, value.message)
+            return
+        if isinstance(value, HTTPError) and value.status_code < 500:
+            return
+        log.error(
+            "%s %s %s: unexpected error", self.request_id, self.request.method, self.request.path, exc_info=(typ, value, tb)
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_finish(self) -> None:
+        self._release()
+
+    def on_connection_close(self) -> None:
+        self.client_aborted = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.ctx.release()
+            IN_FLIGHT.dec()
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False))
+
+
+class ApiHandler(BaseHandler):
+    """Base of the ``/v1/*`` endpoints: service key, concurrency limit, machine IP."""
+
+    machine_ip_header = False
+
+    def prepare(self) -> None:
+        self._started = time.monotonic()
+        key = self.ctx.settings.service_api_key
+        if key and self.request.method != "OPTIONS":
+            auth = self.request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                raise ApiError(401, "Invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+        if self.machine_ip_header:
+            self.set_header("X-Machine-IP", self.ctx.machine_ip)
+        ctx = self.ctx
+        if self.request.method != "OPTIONS":
+            if ctx.in_flight >= ctx.settings.max_concurrent_requests:
+                raise ApiError(503, "The node is at its concurrent request limit; retry shortly", code="overloaded",
+                               headers={"Retry-After": "1"})
+            ctx.in_flight += 1
+            self._counted = True
+            IN_FLIGHT.inc()
+        super().prepare()
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path the node does not serve: an OpenAI-shaped 404."""
+
+    route_name = "not_found"
+
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        raise ApiError(404, f"Unknown path: {self.request.method} {self.request.path[:200]}", code="not_found")

@@ -1,0 +1,76 @@
+"""``POST /v1/chat/completions``: the OpenAI-compatible proxy."""
+
+from __future__ import annotations
+
+import ujson
+
+from handlers.base import ApiHandler
+from models.chat import parse_chat_request
+from utils import metrics
+from utils.upstream import Cancel
+
+
+class ChatCompletionsHandler(ApiHandler):
+    """Validate, pick the provider, relay the answer (JSON or SSE) as it comes."""
+
+    route_name = "chat"
+    accept_body = True
+    machine_ip_header = True
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.cancel = Cancel()
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        ctx = self.ctx
+        request = parse_chat_request(self.body, ctx.registry.names, ctx.settings.allow_custom_providers)
+        target = ctx.registry.target_for(request)
+        self.provider = target.label
+        body = ctx.registry.upstream_body(request)
+        if not request.stream:
+            response = await ctx.upstream.complete(target, body, self.cancel)
+            self.upstream_status = response.status
+            self.set_status(response.status)
+            self.set_header("Content-Type", response.content_type)
+            self.finish(response.body)
+            return
+        result = await ctx.upstream.stream(target, body, self, self.cancel)
+        self.upstream_status = result.status
+        self.stream_bytes = result.bytes_sent
+        if result.ttfb is not None:
+            metrics.upstream_ttfb(target.label, result.ttfb)
+        if result.outcome == "client_aborted" or self.cancel.cancelled:
+            self.client_aborted = True
+            metrics.stream_event("client_aborted")
+            return
+        if result.outcome == "upstream_failed" and result.error is not None:
+            metrics.stream_event("upstream_failed")
+            event = ujson.dumps({"error": result.error.to_dict()}, escape_forward_slashes=False)
+            self.write(b"data: " + event.encode() + b"\n\n")
+            self.finish()
+            return
+        metrics.stream_event("completed")
+        self.finish()
+
+    # -- StreamSink -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Switch the response to SSE before its first byte."""
+        metrics.stream_event("opened")
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+
+    def on_connection_close(self) -> None:
+        self.cancel.cancel()
+        super().on_connection_close()
+
+
+routes = [
+    (r"/v1/chat/completions", ChatCompletionsHandler),
+]

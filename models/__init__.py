@@ -1,0 +1,1 @@
+"""Request and response data structures of the node, and their validation."""

@@ -1,0 +1,225 @@
+"""Shared fixtures: the mock upstream, an in-process node, a node subprocess.
+
+In-process tests use pytest-tornado: ``app`` builds the node's application
+with settings read from a clean environment (``node_env`` plus any
+``@pytest.mark.node_env(NAME=value)`` overrides), ``node_url`` serves it on a
+free loopback port, and test coroutines (``@pytest.mark.gen_test``) talk HTTP
+to it. The mock upstream runs in its own thread, so synchronous clients can
+run in an executor without blocking anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from config import PROVIDER_DEFAULTS, load_settings
+from tests.mock_upstream import MockUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every variable the node reads, cleared before each test builds its settings.
+NODE_VARIABLES = [
+    "PORT", "HOST", "VERSION", "WORKERS", "ROUTER_BASE_URL", "MACHINE_IP", "MACHINE_NAME", "ADMIN_API_TOKEN",
+    "MACHINE_API_TOKEN", "LIVENESS_INTERVAL", "SUPPORTED_MODELS_FILE", "SERVICE_API_KEY", "ALLOW_CUSTOM_PROVIDERS",
+    "MAX_BODY_SIZE", "MAX_CONCURRENT_REQUESTS", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
+    "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "UPSTREAM_RETRY_BACKOFF", "EVAL_CONCURRENCY",
+    "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
+    "OPENROUTER_IGNORED_PROVIDERS", "ENV_FILE",
+] + [v for url, _, key in PROVIDER_DEFAULTS.values() for v in (url, key)]
+
+# Recognisable secrets: tests assert they never leak.
+SECRETS = {
+    "OPENAI_API_KEY": "sk-openai-SECRET-0001",
+    "OPENROUTER_API_KEY": "sk-or-SECRET-0002",
+    "ANTHROPIC_API_KEY": "sk-ant-SECRET-0003",
+    "GROQ_API_KEY": "gsk-SECRET-0004",
+    "MIRA_API_KEY": "mira-SECRET-0005",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "node_env(**vars): environment overrides for the node under test")
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[MockUpstream]:
+    up = MockUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: MockUpstream) -> MockUpstream:
+    """The mock upstream, reset for this test."""
+    upstream_server.reset()
+    return upstream_server
+
+
+def base_env(upstream: MockUpstream) -> dict[str, str]:
+    """A node environment with every provider pointed at the mock upstream."""
+    env = {
+        "ENV_FILE": os.devnull,
+        "UPSTREAM_RETRY_BACKOFF": "0.01",
+        "UPSTREAM_TIMEOUT": "5",
+        "UPSTREAM_CONNECT_TIMEOUT": "2",
+        "LOG_LEVEL": "INFO",
+        "VERSION": "9.9.9-test",
+    }
+    for name, (url_var, _, key_var) in PROVIDER_DEFAULTS.items():
+        env[url_var] = upstream.base_url
+        env[key_var] = SECRETS[key_var]
+    return env
+
+
+@pytest.fixture
+def node_env(request: pytest.FixtureRequest, upstream: MockUpstream) -> dict[str, str]:
+    env = base_env(upstream)
+    for marker in reversed(list(request.node.iter_markers("node_env"))):
+        env.update({k: str(v) for k, v in marker.kwargs.items()})
+    return env
+
+
+@pytest.fixture
+def settings(node_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in NODE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in node_env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+@pytest.fixture
+def app(settings: Any, io_loop: Any) -> Iterator[Any]:
+    from server import make_app
+    from utils.context import NodeContext
+
+    ctx = NodeContext(settings)
+    yield make_app(ctx)
+    ctx.close()
+
+
+@pytest.fixture
+def node_url(http_server: Any, http_port: int) -> str:
+    """Base URL of the in-process node (no trailing slash)."""
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture
+def ctx(app: Any) -> Any:
+    """The in-process node's shared state."""
+    return app.settings["ctx"]
+
+
+# -- a node in its own process ------------------------------------------------------------
+
+
+class NodeProcess:
+    """``python server.py`` started with a given environment, its stderr captured."""
+
+    def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
+        full = {k: v for k, v in os.environ.items() if k not in NODE_VARIABLES}
+        full.update({"PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+        full.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), *(args or [])],
+            cwd=str(ROOT),
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+        """Block until a line of output matches ``pattern`` (or the process ends)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    return None
+                self._cond.wait(remaining)
+
+    def wait_ready(self, timeout: float = 15.0) -> int:
+        match = self.wait_for_line(r"listening on [^ ]+:(\d+)", timeout)
+        if match is None:
+            raise AssertionError("node did not start:\n" + self.output)
+        self.port = int(match.group(1))
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def spawn_node(upstream: MockUpstream) -> Iterator[Any]:
+    """Factory: ``spawn_node(env, ready=True)`` starts a node process; all are stopped after the test."""
+    started: list[NodeProcess] = []
+
+    def spawn(env: dict[str, str] | None = None, ready: bool = True, args: list[str] | None = None) -> NodeProcess:
+        full = base_env(upstream)
+        full.update(env or {})
+        node = NodeProcess(full, args)
+        started.append(node)
+        if ready:
+            node.wait_ready()
+        return node
+
+    yield spawn
+    for node in started:
+        node.stop()

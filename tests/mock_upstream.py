@@ -1,0 +1,604 @@
+"""An OpenAI-compatible mock upstream (a fake LLM provider) for the test suite.
+
+The mock runs a Tornado ``HTTPServer`` on its own asyncio event loop in a
+background thread, bound to a free loopback port, so tests whose own loop is
+busy, or that use synchronous clients, can never deadlock it::
+
+    up = MockUpstream()
+    up.start()
+    up.push(Behavior(status=503))            # the next request gets a 503
+    up.set_behavior("slow", Behavior(delay=1))
+    ...                                      # point the code under test at up.base_url
+    assert up.wait_for(lambda u: len(u.requests) == 2)
+    up.stop()
+
+Run ``python -m tests.mock_upstream --port 9000`` to serve it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import copy
+import dataclasses
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+
+MODEL_ID = "mock-model"
+_STOP_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass
+class Behavior:
+    """How the mock answers a chat completion request.
+
+    Precedence: ``drop_before_headers``, ``hang``, ``delay``; then the body is
+    ``raw_body`` (verbatim, ``content_type`` default JSON), else ``json_body``,
+    else an OpenAI error when ``status >= 400``, else a generated completion:
+    a ``chat.completion`` (with ``tool_call`` if set) or, for ``"stream": true``,
+    SSE with ``comments`` first, ``content`` split over ``chunks`` deltas (each
+    padded with ``chunk_padding`` "x"), a final chunk and ``[DONE]``.
+    ``drop_after_chunks`` / ``hang_after_chunks`` count those ``data:`` events.
+    ``headers`` are added to every answer.
+    """
+
+    status: int = 200
+    content: str = "Hello from mock"
+    json_body: dict | None = None
+    raw_body: bytes | None = None
+    content_type: str | None = None
+    headers: dict | None = None
+    error_message: str | None = None
+    delay: float = 0.0
+    chunks: int = 3
+    chunk_delay: float = 0.0
+    chunk_padding: int = 0
+    comments: list[str] = dataclasses.field(default_factory=list)
+    drop_after_chunks: int | None = None
+    drop_before_headers: bool = False
+    hang: bool = False
+    hang_after_chunks: int | None = None
+    tool_call: dict | None = None
+
+
+@dataclasses.dataclass
+class Recorded:
+    """One request as the mock saw it, and what the mock did with it.
+
+    ``closed_at`` is set when the connection closed before the answer was
+    complete: the client aborted (or :meth:`MockUpstream.stop` cut it).
+
+    ``chunks_sent`` and ``sent_times`` count the SSE ``data:`` events of a
+    stream (content deltas, the final chunk and ``[DONE]``); comments are not
+    counted, and JSON replies leave them at 0 and empty.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    received_at: float
+    finished_at: float | None = None
+    closed_at: float | None = None
+    chunks_sent: int = 0
+    sent_times: list[float] = dataclasses.field(default_factory=list)
+
+
+class _ClientGone(Exception):
+    """Raised inside a handler when the client closed its connection."""
+
+
+def error_body(message: str, status: int) -> dict:
+    """Return an OpenAI-shaped error body for ``status``."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def split_content(text: str, pieces: int) -> list[str]:
+    """Split ``text`` into ``pieces`` consecutive parts of near-equal length."""
+    if pieces <= 0:
+        return []
+    size, extra = divmod(len(text), pieces)
+    parts, start = [], 0
+    for i in range(pieces):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
+def _usage(request: Any, completion: str) -> dict:
+    """Return rough whitespace-token counts for a request and its answer."""
+    prompt = 0
+    messages = request.get("messages") if isinstance(request, dict) else None
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            prompt += len(content.split())
+    done = len(completion.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": done,
+        "total_tokens": prompt + done,
+    }
+
+
+def _chunk(base: dict, delta: dict, finish_reason: str | None) -> dict[str, Any]:
+    """Build one ``chat.completion.chunk`` from its common fields and a delta."""
+    return {
+        **base,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+class MockUpstream:
+    """A fake OpenAI-compatible provider serving from a background thread."""
+
+    def __init__(self) -> None:
+        """Create a stopped mock; call :meth:`start` to serve."""
+        self._cond = threading.Condition(threading.RLock())
+        self._records: list[Recorded] = []
+        self._by_model: dict[str, Behavior] = {}
+        self._queue: collections.deque[Behavior] = collections.deque()
+        self._default = Behavior()
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._ids = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._serving = False
+        self.port = 0
+
+    # ---- life cycle -------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of the mock, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> Self:
+        """Bind ``host:port`` (a free port by default), serve, return when ready."""
+        if self._thread is not None:
+            raise RuntimeError("MockUpstream already started")
+        sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_INET)
+        self.port = sockets[0].getsockname()[1]
+        self._ready.clear()
+        self._serving = False
+        self._loop = self._stop_event = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(sockets,),
+            name=f"mock-upstream-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._ready.wait(_STOP_TIMEOUT)
+        if not self._serving:
+            self.stop()
+            for sock in sockets:
+                sock.close()
+            raise RuntimeError("MockUpstream failed to start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and join the thread (bounded)."""
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        if thread is None:
+            return
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(event.set)
+        thread.join(_STOP_TIMEOUT)
+        self._thread = None
+        self._serving = False
+
+    def __enter__(self) -> Self:
+        """Start the mock as a context manager."""
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the mock at the end of a ``with`` block."""
+        self.stop()
+
+    def _run(self, sockets: list[socket.socket]) -> None:
+        """Thread body: run the server on a fresh event loop until stopped."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(sockets))
+        finally:
+            self._ready.set()  # start() sees self._serving still False on failure
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)
+
+    async def _serve(self, sockets: list[socket.socket]) -> None:
+        """Serve until told to stop, then close the listener and all connections."""
+        self._stop_event = asyncio.Event()
+        app = tornado.web.Application(
+            [
+                (r"/(?:v1/)?chat/completions", _ChatHandler, {"mock": self}),
+                (r"/(?:v1/)?models", _ModelsHandler, {"mock": self}),
+            ],
+            default_handler_class=_NotFoundHandler,
+            default_handler_args={"mock": self},
+        )
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+        self._serving = True
+        self._ready.set()
+        await self._stop_event.wait()
+        server.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close_all_connections(), _STOP_TIMEOUT)
+
+    # ---- configuration ----------------------------------------------------
+
+    @property
+    def default(self) -> Behavior:
+        """Behaviour used when no queued or per-model behaviour applies."""
+        with self._cond:
+            return self._default
+
+    @default.setter
+    def default(self, behavior: Behavior) -> None:
+        with self._cond:
+            self._default = behavior
+
+    def set_behavior(self, model: str, behavior: Behavior) -> None:
+        """Answer requests whose JSON ``model`` equals ``model`` with ``behavior``."""
+        with self._cond:
+            self._by_model[model] = behavior
+
+    def push(self, behavior: Behavior) -> None:
+        """Queue ``behavior`` for the next chat request (FIFO, any model)."""
+        with self._cond:
+            self._queue.append(behavior)
+
+    def reset(self) -> None:
+        """Forget records, behaviours (default included), the queue and counters.
+
+        ``in_flight`` keeps counting requests still being answered;
+        ``max_in_flight`` restarts from it.
+        """
+        with self._cond:
+            self._records.clear()
+            self._by_model.clear()
+            self._queue.clear()
+            self._default = Behavior()
+            self._max_in_flight = self._in_flight
+            self._cond.notify_all()
+
+    def _choose(self, body: Any) -> Behavior:
+        """Pick (and consume, if queued) the behaviour for a chat request body."""
+        with self._cond:
+            if self._queue:
+                return self._queue.popleft()
+            model = body.get("model") if isinstance(body, dict) else None
+            if isinstance(model, str) and model in self._by_model:
+                return self._by_model[model]
+            return self._default
+
+    # ---- observation ------------------------------------------------------
+
+    @property
+    def requests(self) -> list[Recorded]:
+        """A snapshot (deep enough to be safe) of every request since reset."""
+        with self._cond:
+            return [
+                dataclasses.replace(
+                    r,
+                    headers=dict(r.headers),
+                    json=copy.deepcopy(r.json),
+                    sent_times=list(r.sent_times),
+                )
+                for r in self._records
+            ]
+
+    @property
+    def in_flight(self) -> int:
+        """Number of requests being handled now."""
+        with self._cond:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """Highest number of requests handled at once since reset."""
+        with self._cond:
+            return self._max_in_flight
+
+    def wait_for(
+        self, predicate: Callable[[MockUpstream], bool], timeout: float = 5.0
+    ) -> bool:
+        """Block until ``predicate(self)`` holds or ``timeout`` passes; return it.
+
+        The predicate is re-checked on every change to the records; an
+        ``IndexError`` or ``KeyError`` from it (``u.requests[0]`` before any
+        request arrived) counts as false.
+        """
+
+        def check() -> bool:
+            try:
+                return bool(predicate(self))
+            except LookupError:
+                return False
+
+        with self._cond:
+            return self._cond.wait_for(check, timeout)
+
+    async def await_for(
+        self, predicate: Callable[[MockUpstream], bool], timeout: float = 5.0
+    ) -> bool:
+        """Awaitable :meth:`wait_for` for another event loop (runs in an executor)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.wait_for, predicate, timeout)
+
+    # ---- called from handlers (mock thread) -------------------------------
+
+    def _begin(self, record: Recorded) -> None:
+        """Record a new request and count it in flight."""
+        with self._cond:
+            self._records.append(record)
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._cond.notify_all()
+
+    def _end(self, record: Recorded, *, finished: bool) -> None:
+        """Mark a request finished (or aborted by its client), no longer in flight."""
+        with self._cond:
+            if finished:
+                record.finished_at = time.monotonic()
+            else:
+                record.closed_at = time.monotonic()
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _sent(self, record: Recorded) -> None:
+        """Count one flushed stream event."""
+        with self._cond:
+            record.chunks_sent += 1
+            record.sent_times.append(time.monotonic())
+            self._cond.notify_all()
+
+    def _next_id(self) -> str:
+        """Return a fresh completion id."""
+        with self._cond:
+            self._ids += 1
+            return f"chatcmpl-mock-{self._ids}"
+
+
+class _BaseHandler(tornado.web.RequestHandler):
+    """Records every request and tracks in-flight count and client disconnects."""
+
+    def initialize(self, mock: MockUpstream) -> None:
+        """Keep the mock and prepare the client-gone event."""
+        self.mock = mock
+        self.record: Recorded | None = None
+        self.client_gone = asyncio.Event()
+        self._ended = False
+
+    def prepare(self) -> None:
+        """Record the request as soon as its body has arrived."""
+        try:
+            parsed = json.loads(self.request.body) if self.request.body else None
+        except ValueError:
+            parsed = None
+        self.record = Recorded(
+            method=self.request.method or "",
+            path=self.request.path,
+            headers={k.lower(): v for k, v in self.request.headers.get_all()},
+            body=self.request.body,
+            json=parsed,
+            received_at=time.monotonic(),
+        )
+        self.mock._begin(self.record)
+
+    def _end(self, *, finished: bool) -> None:
+        """Report the end of this request to the mock once."""
+        if self.record is not None and not self._ended:
+            self._ended = True
+            self.mock._end(self.record, finished=finished)
+
+    def on_connection_close(self) -> None:
+        """The client went away before the answer was complete."""
+        self.client_gone.set()
+        self._end(finished=False)
+
+    def on_finish(self) -> None:
+        """The answer is complete (or was deliberately cut off)."""
+        self._end(finished=True)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Answer Tornado-generated errors (405, 500, ...) in OpenAI shape."""
+        self.finish(error_body(self._reason, status_code))
+
+    def send_json(self, status: int, body: Any) -> None:
+        """Finish with a JSON body."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    async def pause(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (None: forever); raise ``_ClientGone`` if client left."""
+        if seconds is not None and seconds <= 0:
+            if self.client_gone.is_set():
+                raise _ClientGone
+            return
+        try:
+            await asyncio.wait_for(self.client_gone.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _ClientGone
+
+    def drop(self) -> None:
+        """Close the TCP connection abruptly, as a failing provider would."""
+        self._end(finished=True)
+        self.request.connection.stream.close()
+
+
+class _NotFoundHandler(_BaseHandler):
+    """Any unknown path: an OpenAI-shaped 404."""
+
+    def prepare(self) -> None:
+        """Record the request, then answer 404."""
+        super().prepare()
+        self.send_json(404, error_body(f"Unknown path {self.request.path}", 404))
+
+
+class _ModelsHandler(_BaseHandler):
+    """``GET /v1/models``: one model."""
+
+    def get(self) -> None:
+        """List the mock's single model."""
+        model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "mock"}
+        self.send_json(200, {"object": "list", "data": [model]})
+
+
+class _ChatHandler(_BaseHandler):
+    """``POST /v1/chat/completions``: JSON or SSE answers shaped by a Behavior."""
+
+    async def post(self) -> None:
+        """Answer with the chosen behaviour; stop quietly if the client leaves."""
+        assert self.record is not None
+        body = self.record.json
+        behavior = self.mock._choose(body)
+        with contextlib.suppress(_ClientGone, tornado.iostream.StreamClosedError):
+            await self.answer(behavior, body if isinstance(body, dict) else None)
+
+    async def answer(self, b: Behavior, body: dict | None) -> None:
+        """Produce the response described by ``b`` for request ``body``."""
+        if b.drop_before_headers:
+            self.drop()
+            return
+        if b.hang:
+            await self.pause(None)
+        await self.pause(b.delay)
+        for name, value in (b.headers or {}).items():
+            self.set_header(name, value)
+        if b.raw_body is not None:
+            self.set_status(b.status)
+            self.set_header("Content-Type", b.content_type or "application/json")
+            self.finish(b.raw_body)
+        elif b.json_body is not None:
+            self.send_json(b.status, b.json_body)
+        elif b.status >= 400:
+            self.send_json(
+                b.status, error_body(b.error_message or "mock error", b.status)
+            )
+        elif body is None:
+            self.send_json(400, error_body("Request body is not a JSON object", 400))
+        elif body.get("stream") is True:
+            await self.stream(b, body)
+        else:
+            self.send_json(b.status, self.completion(b, body))
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        """Build a ``chat.completion`` object."""
+        message: dict[str, Any] = {"role": "assistant", "content": b.content}
+        finish_reason = "stop"
+        if b.tool_call is not None:
+            function = {
+                "name": b.tool_call["name"],
+                "arguments": b.tool_call["arguments"],
+            }
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": function}
+                ],
+            }
+            finish_reason = "tool_calls"
+        return {
+            "id": self.mock._next_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": finish_reason}
+            ],
+            "usage": _usage(body, b.content),
+        }
+
+    async def stream(self, b: Behavior, body: dict) -> None:
+        """Send an SSE stream: comments, content deltas, a final chunk, ``[DONE]``."""
+        self.request.connection.stream.set_nodelay(True)
+        self.set_status(b.status)
+        self.set_header("Content-Type", b.content_type or "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        for comment in b.comments:
+            self.write(comment if comment.endswith("\n") else comment + "\n")
+            await self.flush()
+        base = {
+            "id": self.mock._next_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
+        pieces = [p + "x" * b.chunk_padding for p in split_content(b.content, b.chunks)]
+        events: list[dict | str] = []
+        for i, piece in enumerate(pieces):
+            delta = (
+                {"role": "assistant", "content": piece}
+                if i == 0
+                else {"content": piece}
+            )
+            events.append(_chunk(base, delta, None))
+        final = _chunk(base, {}, "stop")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            final["usage"] = _usage(body, "".join(pieces))
+        events += [final, "[DONE]"]
+        assert self.record is not None
+        for sent, event in enumerate(events):
+            if sent == b.drop_after_chunks:
+                self.drop()
+                return
+            if sent == b.hang_after_chunks:
+                await self.pause(None)
+            if sent and b.chunk_delay:
+                await self.pause(b.chunk_delay)
+            data = event if isinstance(event, str) else json.dumps(event)
+            self.write(f"data: {data}\n\n")
+            await self.flush()
+            self.mock._sent(self.record)
+        self.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the mock with its default behaviour until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(description="OpenAI-compatible mock upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    mock = MockUpstream().start(args.port, args.host)
+    print(f"mock upstream serving on http://{args.host}:{mock.port}/v1", flush=True)
+    stop.wait()
+    mock.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Upstream client, SSE relay, router client, logging and metrics."""

@@ -1,0 +1,69 @@
+"""The provider registry: which URL and key a model name is sent to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import ujson
+
+from config import Settings
+from models.chat import ChatRequest
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream endpoint: the provider's name, its chat URL and its key."""
+
+    provider: str  # shown in error messages
+    url: str
+    api_key: str = field(repr=False)
+    label: str = ""  # bounded metrics label: the configured name, or "custom"
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+class ProviderRegistry:
+    """The configured providers, with their request headers built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._targets: dict[str, Target] = {
+            name: self.make_target(name, p.base_url, p.api_key) for name, p in settings.providers.items()
+        }
+        self._openrouter_ignore = list(settings.openrouter_ignored_providers)
+
+    @staticmethod
+    def make_target(provider: str, base_url: str, api_key: str, label: str = "") -> Target:
+        """A target for ``{base_url}/chat/completions`` with its headers."""
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = "Bearer " + api_key
+        url = base_url.rstrip("/") + "/chat/completions"
+        return Target(provider=provider, url=url, api_key=api_key, label=label or provider, headers=headers)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of every provider a model may be prefixed with."""
+        return list(self._targets)
+
+    def target(self, provider: str) -> Target:
+        """The configured target of a provider name (KeyError when unknown)."""
+        return self._targets[provider]
+
+    def target_for(self, request: ChatRequest) -> Target:
+        """Where a validated chat request goes: its custom provider or a configured one."""
+        if request.custom is not None:
+            c = request.custom
+            return self.make_target(c.provider_name, c.base_url, c.api_key, label="custom")
+        return self._targets[request.provider]
+
+    def upstream_body(self, request: ChatRequest) -> bytes:
+        """The JSON body sent upstream, with provider-specific additions."""
+        body: dict[str, Any] = request.body
+        if (
+            request.custom is None
+            and request.provider == "openrouter"
+            and self._openrouter_ignore
+            and "provider" not in body
+        ):
+            body = dict(body, provider={"ignore": self._openrouter_ignore})
+        return ujson.dumps(body, ensure_ascii=False, escape_forward_slashes=False).encode()

@@ -1,0 +1,511 @@
+"""The upstream client: every call to a provider goes through here.
+
+One :class:`UpstreamClient` per process wraps one shared
+``CurlAsyncHTTPClient`` (pooled keep-alive connections). It offers two calls:
+
+* :meth:`UpstreamClient.complete`: a buffered call (non-streaming chat,
+  verify, eval), retried on connection failures and 429/502/503/504;
+* :meth:`UpstreamClient.stream`: a streamed call whose body chunks go to a
+  :class:`StreamSink` as they arrive, with backpressure, retried only while
+  nothing has reached the client.
+
+Both can be cancelled through a :class:`Cancel` token (the client went away):
+the libcurl transfer is aborted from its progress callback and nudged so that
+even a silent upstream lets go at once (see STACK-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+import pycurl
+import ujson
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPRequest, HTTPResponse
+
+from config import Settings
+from models.errors import ApiError
+from utils import metrics
+from utils.providers import Target
+from utils.redact import Redactor
+
+log = logging.getLogger("mira.upstream")
+
+RETRY_STATUSES = frozenset((429, 502, 503, 504))
+# libcurl errors that mean "the request never got an answer": worth a retry.
+CONNECT_ERRORS = frozenset((pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_SSL_CONNECT_ERROR))
+LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE))
+HIGH_WATER = 256 * 1024  # pause the upstream when this much is waiting for the client
+LOW_WATER = 64 * 1024  # and resume below this
+MAX_ERROR_BODY = 64 * 1024  # how much of an upstream error body is kept
+MAX_RETRY_AFTER = 30.0
+
+
+class Cancel:
+    """Cancels the upstream transfers of one client request.
+
+    The handler calls :meth:`cancel` when its client disconnects; every
+    transfer started under this token is aborted and a queued one is refused
+    before it reaches the upstream.
+    """
+
+    __slots__ = ("cancelled", "reason", "_transfers")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.reason = ""
+        self._transfers: set[_Transfer] = set()
+
+    def cancel(self, reason: str = "client disconnected") -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.reason = reason
+        for transfer in list(self._transfers):
+            transfer.abort()
+
+
+class StreamSink(Protocol):
+    """Where a stream's bytes go (the request handler implements it)."""
+
+    def begin(self) -> None:
+        """Called once before the first chunk: set the streaming headers."""
+
+    def write(self, chunk: bytes) -> None:
+        """Queue bytes for the client."""
+
+    def flush(self) -> Awaitable[None]:
+        """Send what is queued; resolves when it has reached the socket."""
+
+
+@dataclass
+class UpstreamResponse:
+    """A buffered upstream answer with a 2xx status."""
+
+    status: int
+    body: bytes
+    content_type: str
+    retries: int = 0
+
+
+@dataclass
+class StreamResult:
+    """How a stream ended, for logs and metrics."""
+
+    status: int = 200
+    bytes_sent: int = 0
+    chunks: int = 0
+    retries: int = 0
+    outcome: str = "completed"  # completed | client_aborted | upstream_failed
+    error: ApiError | None = None
+    ttfb: float | None = None
+
+
+class _Transfer:
+    """The libcurl side of one attempt: lets it be aborted, paused, resumed."""
+
+    __slots__ = ("curl", "aborted", "started", "done", "cancel", "paused")
+
+    def __init__(self, cancel: Cancel | None) -> None:
+        self.curl: pycurl.Curl | None = None
+        self.aborted = False
+        self.started = False
+        self.done = False
+        self.paused = False
+        self.cancel = cancel
+        if cancel is not None:
+            cancel._transfers.add(self)
+
+    def prepare(self, curl: pycurl.Curl) -> None:
+        """``prepare_curl_callback``: runs when a pool slot is free."""
+        if self.aborted:
+            raise _Refused()
+        self.started = True
+        self.curl = curl
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+
+    def _progress(self, *_: int) -> int:
+        return 1 if self.aborted else 0
+
+    def abort(self) -> None:
+        """Abort now: a queued request never starts, a running one ends at once."""
+        self.aborted = True
+        curl = self.curl
+        if curl is not None and not self.done:
+            try:
+                curl.pause(pycurl.PAUSE_ALL)
+                curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def pause(self) -> None:
+        if self.curl is not None and not self.done and not self.paused:
+            self.paused = True
+            try:
+                self.curl.pause(pycurl.PAUSE_RECV)
+            except pycurl.error:
+                pass
+
+    def resume(self) -> None:
+        if self.curl is not None and not self.done and self.paused:
+            self.paused = False
+            try:
+                self.curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def finish(self) -> None:
+        self.done = True
+        self.curl = None
+        if self.cancel is not None:
+            self.cancel._transfers.discard(self)
+
+
+class _Refused(Exception):
+    """Raised in prepare_curl_callback to drop a request that waited for a slot in vain."""
+
+
+class _StreamState:
+    """Per-attempt state of a stream: status, error body, client-side queue."""
+
+    def __init__(self, sink: StreamSink, transfer: _Transfer, result: StreamResult, started: float) -> None:
+        self.sink = sink
+        self.transfer = transfer
+        self.result = result
+        self.started = started
+        self.status = 0
+        self.error_body = bytearray()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.flushing = False
+        self.client_gone = False
+        self.flush_done: asyncio.Future[None] | None = None
+
+    def on_chunk(self, chunk: bytes) -> None:
+        if not self.status:
+            # The status is read from the handle, not from header callbacks: Tornado
+            # delivers a fast response's last chunks before its queued header lines.
+            curl = self.transfer.curl
+            self.status = curl.getinfo(pycurl.RESPONSE_CODE) if curl is not None else 0
+        if not 200 <= self.status < 300:
+            if len(self.error_body) < MAX_ERROR_BODY:
+                self.error_body += chunk[: MAX_ERROR_BODY - len(self.error_body)]
+            return
+        if self.client_gone:
+            return
+        result = self.result
+        if result.chunks == 0:
+            result.ttfb = time.monotonic() - self.started
+            self.sink.begin()
+        result.chunks += 1
+        result.bytes_sent += len(chunk)
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if not self.flushing:
+            self._flush()
+        elif self.pending_bytes > HIGH_WATER:
+            self.transfer.pause()
+
+    def _flush(self) -> None:
+        sink = self.sink
+        for chunk in self.pending:
+            sink.write(chunk)
+        self.pending.clear()
+        self.flushing = True
+        try:
+            future = sink.flush()
+        except Exception:  # the connection is gone
+            self._client_gone()
+            return
+        future.add_done_callback(self._flushed)
+
+    def _flushed(self, future: asyncio.Future[None]) -> None:
+        self.flushing = False
+        if future.cancelled() or future.exception() is not None:
+            self._client_gone()
+            return
+        self.pending_bytes = sum(len(c) for c in self.pending)
+        if self.pending:
+            self._flush()
+        else:
+            if self.pending_bytes < LOW_WATER:
+                self.transfer.resume()
+            if self.flush_done is not None and not self.flush_done.done():
+                self.flush_done.set_result(None)
+
+    def _client_gone(self) -> None:
+        self.client_gone = True
+        self.pending.clear()
+        self.transfer.abort()
+        if self.flush_done is not None and not self.flush_done.done():
+            self.flush_done.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until everything written so far has been flushed to the client."""
+        if self.client_gone or (not self.flushing and not self.pending):
+            return
+        self.flush_done = asyncio.get_running_loop().create_future()
+        await self.flush_done
+
+
+class UpstreamClient:
+    """The process's one way out to the providers."""
+
+    def __init__(self, settings: Settings, redactor: Redactor) -> None:
+        self.settings = settings
+        self.redact = redactor
+        self.http = CurlAsyncHTTPClient(
+            force_instance=True,
+            max_clients=settings.upstream_max_connections,
+            max_body_size=1 << 62,  # a stream may be arbitrarily long; JSON bodies are capped below
+        )
+        self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- one attempt ---------------------------------------------------------------
+
+    def _request(
+        self,
+        target: Target,
+        body: bytes,
+        transfer: _Transfer,
+        stream: _StreamState | None = None,
+    ) -> HTTPRequest:
+        s = self.settings
+        if stream is not None:
+            # No cap on a live stream; the longest silence is bounded by the low-speed limit.
+            return HTTPRequest(
+                target.url,
+                method="POST",
+                body=body,
+                headers=target.headers,
+                connect_timeout=s.upstream_connect_timeout,
+                request_timeout=0,
+                streaming_callback=stream.on_chunk,
+                prepare_curl_callback=lambda curl: self._prepare_stream(curl, transfer),
+            )
+        return HTTPRequest(
+            target.url,
+            method="POST",
+            body=body,
+            headers=target.headers,
+            connect_timeout=s.upstream_connect_timeout,
+            request_timeout=s.upstream_timeout,
+            prepare_curl_callback=transfer.prepare,
+        )
+
+    def _prepare_stream(self, curl: pycurl.Curl, transfer: _Transfer) -> None:
+        transfer.prepare(curl)
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.settings.upstream_timeout)))
+
+    async def _attempt(self, request: HTTPRequest, transfer: _Transfer) -> HTTPResponse:
+        """Run one fetch; a transport failure comes back as a 599 response.
+
+        A request that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
+        is dropped (it never reaches the upstream) and answered with 503.
+        """
+        future = self.http.fetch(request, raise_error=False)
+        try:
+            if not transfer.started and not future.done():
+                await asyncio.wait((future,), timeout=self.settings.upstream_queue_timeout)
+                if not transfer.started and not future.done():
+                    transfer.abort()
+                    future.cancel()
+                    raise ApiError(503, "No upstream connection became free in time", headers={"Retry-After": "1"})
+            return await future
+        except ApiError:
+            raise
+        except Exception as exc:  # CurlError, or _Refused from prepare_curl_callback
+            return HTTPResponse(request, 599, error=exc)
+        finally:
+            transfer.finish()
+
+    # -- error mapping ---------------------------------------------------------------
+
+    def _transport_error(self, target: Target, response: HTTPResponse, transfer: _Transfer) -> ApiError:
+        """An ApiError for an attempt that got no HTTP answer (code 599)."""
+        err = response.error
+        errno = getattr(err, "errno", None)
+        if transfer.cancel is not None and transfer.cancel.cancelled:
+            return ApiError(499, "Client closed the request", type="client_closed")
+        if isinstance(err, _Refused) or transfer.aborted:
+            return ApiError(503, "Upstream request was abandoned", headers={"Retry-After": "1"})
+        if errno == pycurl.E_OPERATION_TIMEDOUT:
+            return ApiError(504, f"{target.provider} API did not answer in time", code="upstream_timeout")
+        if errno in CONNECT_ERRORS:
+            return ApiError(502, f"Could not connect to {target.provider} API", code="upstream_unreachable")
+        if errno in LOST_ERRORS:
+            return ApiError(502, f"Connection to {target.provider} API was lost", code="upstream_connection_lost")
+        detail = self.redact(str(err), target.api_key) if err is not None else "unknown error"
+        return ApiError(502, f"Error calling {target.provider} API: {detail}", code="upstream_error")
+
+    def status_error(self, target: Target, status: int, body: bytes, retry_after: str | None) -> ApiError:
+        """The node's error for an upstream 4xx/5xx answer."""
+        message, type_, code = "", None, None
+        try:
+            data = ujson.loads(body)
+        except (ValueError, OverflowError):
+            data = None
+        if isinstance(data, dict):
+            err = data.get("error", data)
+            if isinstance(err, dict):
+                message = err.get("message") or err.get("detail") or ""
+                type_ = err.get("type") if isinstance(err.get("type"), str) else None
+                code = err.get("code") if isinstance(err.get("code"), str) else None
+            elif isinstance(err, str):
+                message = err
+            if not message and isinstance(data.get("detail"), str):
+                message = data["detail"]
+        if not isinstance(message, str) or not message:
+            message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        headers = {"Retry-After": retry_after} if retry_after and status in (429, 503) else None
+        return ApiError(
+            status,
+            f"Error from {target.provider} API: {self.redact(message, target.api_key)}",
+            type=type_ or ("upstream_error" if status >= 500 else None),
+            code=code,
+            headers=headers,
+        )
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
+            except ValueError:
+                pass
+        base = self.settings.retry_backoff * (2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+    # -- public calls -------------------------------------------------------------------
+
+    async def complete(self, target: Target, body: bytes, cancel: Cancel | None = None) -> UpstreamResponse:
+        """POST ``body`` and return the 2xx answer; raise :class:`ApiError` otherwise."""
+        retries = self.settings.upstream_retries
+        attempt = 0
+        while True:
+            transfer = _Transfer(cancel)
+            started = time.monotonic()
+            try:
+                response = await self._attempt(self._request(target, body, transfer), transfer)
+            except ApiError as exc:
+                metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
+                raise exc
+            status = response.code
+            if status == 599:
+                error = self._transport_error(target, response, transfer)
+                outcome = "cancelled" if error.status == 499 else "error"
+                metrics.upstream_call(target.label, outcome, time.monotonic() - started)
+                retryable = response.error is not None and getattr(response.error, "errno", None) in CONNECT_ERRORS
+                retry_after = None
+            else:
+                metrics.upstream_call(target.label, str(status), time.monotonic() - started)
+                if 200 <= status < 300:
+                    content_type = response.headers.get("Content-Type", "application/json")
+                    return UpstreamResponse(status, response.body or b"", content_type, retries=attempt)
+                retry_after = response.headers.get("Retry-After")
+                error = self.status_error(target, status, response.body or b"", retry_after)
+                retryable = status in RETRY_STATUSES
+            if not retryable or attempt >= retries or (cancel is not None and cancel.cancelled):
+                raise error
+            delay = self._backoff(attempt, retry_after)
+            attempt += 1
+            metrics.upstream_retry(target.label)
+            log.info("retrying %s API (attempt %d of %d) after %s in %.2fs", target.provider, attempt, retries, error.status, delay)
+            await self._sleep(delay)
+            if cancel is not None and cancel.cancelled:
+                raise ApiError(499, "Client closed the request", type="client_closed")
+
+    async def complete_json(self, target: Target, payload: dict[str, Any], cancel: Cancel | None = None) -> Any:
+        """:meth:`complete` for internal callers (verify, eval): JSON in, parsed JSON out."""
+        body = ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False).encode()
+        response = await self.complete(target, body, cancel)
+        try:
+            return ujson.loads(response.body)
+        except (ValueError, OverflowError):
+            raise ApiError(502, f"{target.provider} API answered with invalid JSON", code="upstream_invalid_json") from None
+
+    async def stream(self, target: Target, body: bytes, sink: StreamSink, cancel: Cancel | None = None) -> StreamResult:
+        """Relay a streamed answer to ``sink`` chunk by chunk.
+
+        Before the first byte reaches the sink an upstream failure raises
+        :class:`ApiError` (after retries) so that the handler can answer an
+        ordinary JSON error. After it, failures are reported in the result
+        (``outcome`` and ``error``) and the handler ends the stream.
+        """
+        retries = self.settings.upstream_retries
+        result = StreamResult()
+        attempt = 0
+        while True:
+            transfer = _Transfer(cancel)
+            started = time.monotonic()
+            state = _StreamState(sink, transfer, result, started)
+            try:
+                response = await self._attempt(self._request(target, body, transfer, state), transfer)
+            except ApiError:
+                metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
+                raise
+            # the streaming buffer has delivered every chunk by now; let them reach the client
+            await state.drained()
+            result.retries = attempt
+            result.status = state.status or response.code
+            elapsed = time.monotonic() - started
+            if result.chunks:
+                if state.client_gone or (cancel is not None and cancel.cancelled):
+                    result.outcome = "client_aborted"
+                elif response.code == 599:
+                    result.outcome = "upstream_failed"
+                    result.error = self._mid_stream_error(target, response, transfer)
+                metrics.upstream_call(target.label, str(result.status) if result.outcome != "upstream_failed" else "error", elapsed)
+                return result
+            if response.code == 599:
+                error = self._transport_error(target, response, transfer)
+                metrics.upstream_call(target.label, "cancelled" if error.status == 499 else "error", elapsed)
+                retryable = getattr(response.error, "errno", None) in CONNECT_ERRORS
+                retry_after = None
+            elif 200 <= response.code < 300:
+                # an empty 2xx stream: nothing to relay, nothing went wrong
+                metrics.upstream_call(target.label, str(response.code), elapsed)
+                sink.begin()
+                return result
+            else:
+                metrics.upstream_call(target.label, str(response.code), elapsed)
+                retry_after = response.headers.get("Retry-After")
+                error = self.status_error(target, response.code, bytes(state.error_body), retry_after)
+                retryable = response.code in RETRY_STATUSES
+            if not retryable or attempt >= retries or (cancel is not None and cancel.cancelled):
+                raise error
+            delay = self._backoff(attempt, retry_after)
+            attempt += 1
+            metrics.upstream_retry(target.label)
+            log.info("retrying %s API stream (attempt %d of %d) after %s in %.2fs", target.provider, attempt, retries, error.status, delay)
+            await self._sleep(delay)
+            if cancel is not None and cancel.cancelled:
+                raise ApiError(499, "Client closed the request", type="client_closed")
+
+    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: _Transfer) -> ApiError:
+        errno = getattr(response.error, "errno", None)
+        if errno == pycurl.E_OPERATION_TIMEDOUT:
+            return ApiError(504, f"{target.provider} API went silent for more than {self.settings.upstream_timeout:g}s mid-stream", code="upstream_timeout")
+        error = self._transport_error(target, response, transfer)
+        error.message = f"Stream from {target.provider} API ended early: " + error.message
+        return error
+
+
+@dataclass
+class CallStats:
+    """Counters a handler may keep for its access log line."""
+
+    provider: str = ""
+    upstream_status: int | None = None
+    stream_bytes: int = 0
+    client_aborted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
