@@ -39,6 +39,7 @@ class BaseHandler(RequestHandler):
 
     route_name = "other"
     accept_body = False  # POST handlers set True; others discard any body
+    machine_ip_header = False  # chat, verify and eval answer with X-Machine-IP
     ctx: NodeContext
 
     request_id = ""
@@ -62,6 +63,8 @@ class BaseHandler(RequestHandler):
             self.request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json")
+        if self.machine_ip_header:
+            self.set_header("X-Machine-IP", self.ctx.machine_ip)
         origins = self.ctx.settings.cors_origins
         if "*" in origins:
             self.set_header("Access-Control-Allow-Origin", "*")
@@ -97,7 +100,9 @@ class BaseHandler(RequestHandler):
             if size > limit:
                 self.set_header("Connection", "close")
                 raise ApiError(413, f"Request body is larger than the limit of {limit} bytes", code="request_too_large")
-        self.request.connection.set_max_body_size(limit + 1)
+        # Tornado would answer a chunked body over its own limit with a bare 400;
+        # lift it and count in data_received, which answers 413.
+        self.request.connection.set_max_body_size(1 << 62)
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
@@ -181,9 +186,7 @@ class BaseHandler(RequestHandler):
 
 
 class ApiHandler(BaseHandler):
-    """Base of the ``/v1/*`` endpoints: service key, concurrency limit, machine IP."""
-
-    machine_ip_header = False
+    """Base of the ``/v1/*`` endpoints: service key and concurrency limit."""
 
     def prepare(self) -> None:
         self._started = time.monotonic()
@@ -193,8 +196,6 @@ class ApiHandler(BaseHandler):
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
                 raise ApiError(401, "Invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
-        if self.machine_ip_header:
-            self.set_header("X-Machine-IP", self.ctx.machine_ip)
         ctx = self.ctx
         if self.request.method != "OPTIONS":
             if ctx.in_flight >= ctx.settings.max_concurrent_requests:

@@ -51,6 +51,9 @@ def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Process-life lines (start-up, draining, stopped) are written at any LOG_LEVEL.
+    if logging.getLevelName(level) > logging.INFO:
+        logging.getLogger("mira.server").setLevel(logging.INFO)
     # Tornado's own access log is replaced by ours.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.captureWarnings(True)

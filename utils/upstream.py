@@ -37,9 +37,12 @@ from utils.redact import Redactor
 log = logging.getLogger("mira.upstream")
 
 RETRY_STATUSES = frozenset((429, 502, 503, 504))
-# libcurl errors that mean "the request never got an answer": worth a retry.
+# libcurl errors of a connection that could not be made.
 CONNECT_ERRORS = frozenset((pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_SSL_CONNECT_ERROR))
+# ... and of one that broke before a whole answer arrived (a reset keep-alive connection, say).
 LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE))
+# Both are connection failures: retried while nothing has reached the client. Timeouts are not.
+RETRY_ERRORS = CONNECT_ERRORS | LOST_ERRORS
 HIGH_WATER = 256 * 1024  # pause the upstream when this much is waiting for the client
 LOW_WATER = 64 * 1024  # and resume below this
 MAX_ERROR_BODY = 64 * 1024  # how much of an upstream error body is kept
@@ -258,6 +261,9 @@ class UpstreamClient:
     """The process's one way out to the providers."""
 
     def __init__(self, settings: Settings, redactor: Redactor) -> None:
+        # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
+        # headers, Authorization included: never let it run.
+        logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
         self.settings = settings
         self.redact = redactor
         self.http = CurlAsyncHTTPClient(
@@ -404,7 +410,7 @@ class UpstreamClient:
                 error = self._transport_error(target, response, transfer)
                 outcome = "cancelled" if error.status == 499 else "error"
                 metrics.upstream_call(target.label, outcome, time.monotonic() - started)
-                retryable = response.error is not None and getattr(response.error, "errno", None) in CONNECT_ERRORS
+                retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
                 retry_after = None
             else:
                 metrics.upstream_call(target.label, str(status), time.monotonic() - started)
@@ -469,7 +475,7 @@ class UpstreamClient:
             if response.code == 599:
                 error = self._transport_error(target, response, transfer)
                 metrics.upstream_call(target.label, "cancelled" if error.status == 499 else "error", elapsed)
-                retryable = getattr(response.error, "errno", None) in CONNECT_ERRORS
+                retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
                 retry_after = None
             elif 200 <= response.code < 300:
                 # an empty 2xx stream: nothing to relay, nothing went wrong
