@@ -10,9 +10,10 @@ variable, and ``server.py`` turns that into a non-zero exit.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
@@ -59,6 +60,7 @@ class Settings:
     admin_api_token: str = field(default="", repr=False)
     machine_api_token: str = field(default="", repr=False)
     liveness_interval: float = 3.0
+    router_retry_backoff: float = 1.0
     supported_models_file: str = str(DEFAULT_MODELS_FILE)
     service_api_key: str = field(default="", repr=False)
     allow_custom_providers: bool = True
@@ -183,17 +185,25 @@ def load_settings(env_file: str | None = None) -> Settings:
     if workers == 0:
         workers = os.cpu_count() or 1
 
+    router_base_url = get("ROUTER_BASE_URL", "", url_or_empty)
+    if router_base_url and not (get("MACHINE_API_TOKEN", "") or get("ADMIN_API_TOKEN", "")):
+        raise ConfigError(
+            "ROUTER_BASE_URL is set but neither MACHINE_API_TOKEN nor ADMIN_API_TOKEN is: set MACHINE_API_TOKEN"
+            " (heartbeats only) or ADMIN_API_TOKEN (register at start-up), or unset ROUTER_BASE_URL to run standalone"
+        )
+
     return Settings(
         port=get("PORT", 8000, _int(0, 65535)),
         host=get("HOST", "0.0.0.0") or "0.0.0.0",
         version=get("VERSION", "0.0.0") or "0.0.0",
         workers=workers,
-        router_base_url=get("ROUTER_BASE_URL", "", url_or_empty),
+        router_base_url=router_base_url,
         machine_ip=get("MACHINE_IP", ""),
         machine_name=get("MACHINE_NAME", ""),
         admin_api_token=get("ADMIN_API_TOKEN", ""),
         machine_api_token=get("MACHINE_API_TOKEN", ""),
         liveness_interval=get("LIVENESS_INTERVAL", 3.0, _float(0.0, strict=True)),
+        router_retry_backoff=get("ROUTER_RETRY_BACKOFF", 1.0, _float(0.0)),
         supported_models_file=get("SUPPORTED_MODELS_FILE", str(DEFAULT_MODELS_FILE))
         or str(DEFAULT_MODELS_FILE),
         service_api_key=get("SERVICE_API_KEY", ""),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import ujson
@@ -60,7 +60,7 @@ class BaseHandler(RequestHandler):
         if not self.request_id:
             self.ctx = self.application.settings["ctx"]
             incoming = self.request.headers.get("X-Request-ID", "")
-            self.request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+            self.request_id = incoming if _REQUEST_ID_OK.match(incoming) else os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json")
         if self.machine_ip_header:

@@ -7,8 +7,9 @@ carried to the upstream untouched.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any
 from urllib.parse import urlparse
 
 import ujson
@@ -163,8 +164,8 @@ class ChatRequest:
 def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: bool) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body; raise :class:`ApiError` (400) when bad."""
     body = parse_json_object(raw)
-    for name, types in FIELD_TYPES.items():
-        check_type(body, name, types)
+    for name in FIELD_TYPES.keys() & body.keys():
+        check_type(body, name, FIELD_TYPES[name])
     custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
     model = body.get("model")
     if custom is not None:

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ NODE_VARIABLES = [
     "MAX_BODY_SIZE", "MAX_CONCURRENT_REQUESTS", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
     "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "UPSTREAM_RETRY_BACKOFF", "EVAL_CONCURRENCY",
     "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
-    "OPENROUTER_IGNORED_PROVIDERS", "ENV_FILE",
+    "OPENROUTER_IGNORED_PROVIDERS", "ENV_FILE", "ROUTER_RETRY_BACKOFF",
 ] + [v for url, _, key in PROVIDER_DEFAULTS.values() for v in (url, key)]
 
 # Recognisable secrets: tests assert they never leak.
@@ -75,7 +76,7 @@ def base_env(upstream: MockUpstream) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "VERSION": "9.9.9-test",
     }
-    for name, (url_var, _, key_var) in PROVIDER_DEFAULTS.items():
+    for url_var, _, key_var in PROVIDER_DEFAULTS.values():
         env[url_var] = upstream.base_url
         env[key_var] = SECRETS[key_var]
     return env
@@ -211,10 +212,10 @@ def spawn_node(upstream: MockUpstream) -> Iterator[Any]:
     """Factory: ``spawn_node(env, ready=True)`` starts a node process; all are stopped after the test."""
     started: list[NodeProcess] = []
 
-    def spawn(env: dict[str, str] | None = None, ready: bool = True, args: list[str] | None = None) -> NodeProcess:
+    def spawn(env: dict[str, str | None] | None = None, ready: bool = True, args: list[str] | None = None) -> NodeProcess:
         full = base_env(upstream)
-        full.update(env or {})
-        node = NodeProcess(full, args)
+        full.update(env or {})  # a value of None removes the variable
+        node = NodeProcess({k: v for k, v in full.items() if v is not None}, args)
         started.append(node)
         if ready:
             node.wait_ready()

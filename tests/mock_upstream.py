@@ -579,9 +579,10 @@ class _ChatHandler(_BaseHandler):
             if sent and b.chunk_delay:
                 await self.pause(b.chunk_delay)
             data = event if isinstance(event, str) else json.dumps(event)
+            # recorded as it is handed to the socket, so a client never sees more than is counted
+            self.mock._sent(self.record)
             self.write(f"data: {data}\n\n")
             await self.flush()
-            self.mock._sent(self.record)
         self.finish()
 
 

@@ -32,7 +32,7 @@ def up() -> Iterator[MockUpstream]:
     mock.start()
     yield mock
     mock.stop()
-    assert not any(t.name.startswith("mock-upstream-") for t in threading.enumerate())
+    assert not any(t.name == f"mock-upstream-{mock.port}" for t in threading.enumerate())
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", mock.port), timeout=1).close()
 
@@ -175,6 +175,7 @@ def test_push_order_before_model_behaviour(up: MockUpstream) -> None:
     statuses = [post(up, {"model": "m", "messages": MESSAGES}) for _ in range(3)]
     assert [r.status for r in statuses] == [503, 429, 200]
     assert content(statuses[2]) == "per model"
+    assert up.wait_for(lambda u: u.in_flight == 0)  # the mock may still be finishing the last answer
     up.reset()
     assert up.requests == [] and up.max_in_flight == 0
     assert content(post(up, {"model": "m"})) == "Hello from mock"

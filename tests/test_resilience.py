@@ -10,7 +10,7 @@ import pytest
 import ujson
 
 from tests.conftest import SECRETS
-from tests.helpers import RawClient, chat_body, dechunk, error_of, get, post, sse_events
+from tests.helpers import RawClient, chat_body, error_of, get, post, sse_events
 from tests.mock_upstream import Behavior
 
 pytestmark = pytest.mark.gen_test(timeout=20)

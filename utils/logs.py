@@ -10,7 +10,7 @@ from typing import Any
 import ujson
 
 from utils import metrics
-from utils.redact import Redactor, RedactingFilter
+from utils.redact import RedactingFilter, Redactor
 
 access_log = logging.getLogger("mira.access")
 
@@ -65,8 +65,7 @@ def log_request(handler: Any) -> None:
     status = handler.get_status()
     seconds = handler.request.request_time()
     route = getattr(handler, "route_name", "other")
-    metrics.REQUESTS.labels(route, str(status)).inc()
-    metrics.REQUEST_DURATION.labels(route).observe(seconds)
+    metrics.request_done(route, status, seconds)
     if not access_log.isEnabledFor(logging.INFO):
         return
     request = handler.request

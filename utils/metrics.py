@@ -7,6 +7,8 @@ outcomes come from a fixed set.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180)
@@ -28,19 +30,37 @@ STREAMS = Counter("mira_streams", "Streams by event: opened, completed, client_a
 HEARTBEAT_FAILURES = Counter("mira_heartbeat_failures", "Liveness heartbeats that failed")
 
 
+# Labelled children, looked up once: ``labels()`` costs a lock and a tuple per call.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def request_done(route: str, status: int, seconds: float) -> None:
+    """Count one answered request and its duration."""
+    _child(REQUESTS, route, str(status)).inc()
+    _child(REQUEST_DURATION, route).observe(seconds)
+
+
 def upstream_call(provider: str, outcome: str, seconds: float) -> None:
     """Count one upstream attempt and its duration."""
-    UPSTREAM_CALLS.labels(provider, outcome).inc()
-    UPSTREAM_DURATION.labels(provider).observe(seconds)
+    _child(UPSTREAM_CALLS, provider, outcome).inc()
+    _child(UPSTREAM_DURATION, provider).observe(seconds)
 
 
 def upstream_retry(provider: str) -> None:
-    UPSTREAM_RETRIES.labels(provider).inc()
+    _child(UPSTREAM_RETRIES, provider).inc()
 
 
 def stream_event(event: str) -> None:
-    STREAMS.labels(event).inc()
+    _child(STREAMS, event).inc()
 
 
 def upstream_ttfb(provider: str, seconds: float) -> None:
-    UPSTREAM_TTFB.labels(provider).observe(seconds)
+    _child(UPSTREAM_TTFB, provider).observe(seconds)

@@ -9,6 +9,7 @@ import ujson
 
 from config import Settings
 from models.chat import ChatRequest
+from utils.curl import header_lines
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Target:
     url: str
     api_key: str = field(repr=False)
     label: str = ""  # bounded metrics label: the configured name, or "custom"
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    header_lines: list[bytes] = field(default_factory=list, repr=False)  # as libcurl takes them
 
 
 class ProviderRegistry:
@@ -38,7 +39,8 @@ class ProviderRegistry:
         if api_key:
             headers["Authorization"] = "Bearer " + api_key
         url = base_url.rstrip("/") + "/chat/completions"
-        return Target(provider=provider, url=url, api_key=api_key, label=label or provider, headers=headers)
+        lines = header_lines(headers)
+        return Target(provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines)
 
     @property
     def names(self) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 MASK = "[redacted]"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words

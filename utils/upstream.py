@@ -20,17 +20,18 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import pycurl
 import ujson
-from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPResponse
 
 from config import Settings
 from models.errors import ApiError
 from utils import metrics
+from utils.curl import LeanCurlClient, UpstreamCall
 from utils.providers import Target
 from utils.redact import Redactor
 
@@ -266,10 +267,10 @@ class UpstreamClient:
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
         self.settings = settings
         self.redact = redactor
-        self.http = CurlAsyncHTTPClient(
+        self.http = LeanCurlClient(
             force_instance=True,
             max_clients=settings.upstream_max_connections,
-            max_body_size=1 << 62,  # a stream may be arbitrarily long; JSON bodies are capped below
+            max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped in utils.curl
         )
         self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
@@ -284,54 +285,38 @@ class UpstreamClient:
         body: bytes,
         transfer: _Transfer,
         stream: _StreamState | None = None,
-    ) -> HTTPRequest:
+    ) -> UpstreamCall:
         s = self.settings
         if stream is not None:
-            # No cap on a live stream; the longest silence is bounded by the low-speed limit.
-            return HTTPRequest(
-                target.url,
-                method="POST",
-                body=body,
-                headers=target.headers,
-                connect_timeout=s.upstream_connect_timeout,
-                request_timeout=0,
-                streaming_callback=stream.on_chunk,
-                prepare_curl_callback=lambda curl: self._prepare_stream(curl, transfer),
+            # No cap on a live stream; the longest silence is bounded by libcurl's low-speed limit.
+            return UpstreamCall(
+                target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer.prepare,
+                streaming_callback=stream.on_chunk, low_speed_time=max(1, round(s.upstream_timeout)),
             )
-        return HTTPRequest(
-            target.url,
-            method="POST",
-            body=body,
-            headers=target.headers,
-            connect_timeout=s.upstream_connect_timeout,
-            request_timeout=s.upstream_timeout,
-            prepare_curl_callback=transfer.prepare,
+        return UpstreamCall(
+            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare
         )
 
-    def _prepare_stream(self, curl: pycurl.Curl, transfer: _Transfer) -> None:
-        transfer.prepare(curl)
-        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.settings.upstream_timeout)))
+    async def _attempt(self, call: UpstreamCall, transfer: _Transfer) -> HTTPResponse:
+        """Run one call; a transport failure comes back as a 599 response.
 
-    async def _attempt(self, request: HTTPRequest, transfer: _Transfer) -> HTTPResponse:
-        """Run one fetch; a transport failure comes back as a 599 response.
-
-        A request that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
+        A call that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
         is dropped (it never reaches the upstream) and answered with 503.
         """
-        future = self.http.fetch(request, raise_error=False)
+        future: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
+
+        def done(response: HTTPResponse) -> None:
+            if not future.done():
+                future.set_result(response)
+
+        self.http.fetch_impl(call, done)  # type: ignore[arg-type]
         try:
             if not transfer.started and not future.done():
                 await asyncio.wait((future,), timeout=self.settings.upstream_queue_timeout)
                 if not transfer.started and not future.done():
-                    transfer.abort()
-                    future.cancel()
+                    transfer.abort()  # refused by prepare() if a slot frees later
                     raise ApiError(503, "No upstream connection became free in time", headers={"Retry-After": "1"})
             return await future
-        except ApiError:
-            raise
-        except Exception as exc:  # CurlError, or _Refused from prepare_curl_callback
-            return HTTPResponse(request, 599, error=exc)
         finally:
             transfer.finish()
 
@@ -425,7 +410,8 @@ class UpstreamClient:
             delay = self._backoff(attempt, retry_after)
             attempt += 1
             metrics.upstream_retry(target.label)
-            log.info("retrying %s API (attempt %d of %d) after %s in %.2fs", target.provider, attempt, retries, error.status, delay)
+            log.info("retrying %s API (attempt %d of %d) after %s in %.2fs",
+                     target.provider, attempt, retries, error.status, delay)
             await self._sleep(delay)
             if cancel is not None and cancel.cancelled:
                 raise ApiError(499, "Client closed the request", type="client_closed")
@@ -470,7 +456,8 @@ class UpstreamClient:
                 elif response.code == 599:
                     result.outcome = "upstream_failed"
                     result.error = self._mid_stream_error(target, response, transfer)
-                metrics.upstream_call(target.label, str(result.status) if result.outcome != "upstream_failed" else "error", elapsed)
+                outcome = "error" if result.outcome == "upstream_failed" else str(result.status)
+                metrics.upstream_call(target.label, outcome, elapsed)
                 return result
             if response.code == 599:
                 error = self._transport_error(target, response, transfer)
@@ -492,7 +479,8 @@ class UpstreamClient:
             delay = self._backoff(attempt, retry_after)
             attempt += 1
             metrics.upstream_retry(target.label)
-            log.info("retrying %s API stream (attempt %d of %d) after %s in %.2fs", target.provider, attempt, retries, error.status, delay)
+            log.info("retrying %s API stream (attempt %d of %d) after %s in %.2fs",
+                     target.provider, attempt, retries, error.status, delay)
             await self._sleep(delay)
             if cancel is not None and cancel.cancelled:
                 raise ApiError(499, "Client closed the request", type="client_closed")
@@ -500,7 +488,8 @@ class UpstreamClient:
     def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: _Transfer) -> ApiError:
         errno = getattr(response.error, "errno", None)
         if errno == pycurl.E_OPERATION_TIMEDOUT:
-            return ApiError(504, f"{target.provider} API went silent for more than {self.settings.upstream_timeout:g}s mid-stream", code="upstream_timeout")
+            silence = f"{max(1, round(self.settings.upstream_timeout))}s"
+            return ApiError(504, f"{target.provider} API went silent for more than {silence} mid-stream", code="upstream_timeout")
         error = self._transport_error(target, response, transfer)
         error.message = f"Stream from {target.provider} API ended early: " + error.message
         return error

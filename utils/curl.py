@@ -1,0 +1,145 @@
+"""A lean request path through Tornado's libcurl client.
+
+``CurlAsyncHTTPClient.fetch`` builds an ``HTTPRequest`` (some forty
+attributes), copies its headers, wraps it in a defaults proxy, and then sets
+about thirty libcurl options per request, most of them to libcurl's own
+defaults. The node sends one kind of request only (a JSON POST to a provider),
+so :class:`LeanCurlClient` accepts an :class:`UpstreamCall` through
+``fetch_impl`` and sets just the options that call needs: the handle was
+``reset()`` to libcurl's defaults when it came back to the pool. Everything
+else (the handle pool, keep-alive connections, the multi-socket loop, the
+queue, timeouts, streaming buffer with its own flow control) is Tornado's.
+Any other request goes the ordinary way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+import pycurl
+from tornado import curl_httpclient
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httputil import HTTPHeaders
+
+USER_AGENT = "mira-service-node"
+# A non-streamed answer is held in memory whole: refuse one larger than this.
+MAX_BUFFERED_BODY = 64 * 1024 * 1024
+_PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+
+
+class UpstreamCall:
+    """One POST to an upstream, as :class:`LeanCurlClient` sets it up."""
+
+    __slots__ = (
+        "url",
+        "body",
+        "header_lines",
+        "connect_timeout_ms",
+        "timeout_ms",
+        "low_speed_time",
+        "streaming_callback",
+        "prepare_curl_callback",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        body: bytes,
+        header_lines: list[bytes],
+        connect_timeout: float,
+        timeout: float,
+        prepare: Callable[[pycurl.Curl], None],
+        streaming_callback: Callable[[bytes], None] | None = None,
+        low_speed_time: int = 0,
+    ) -> None:
+        self.url = url
+        self.body = body
+        self.header_lines = header_lines
+        self.connect_timeout_ms = int(connect_timeout * 1000)
+        self.timeout_ms = int(timeout * 1000)  # 0: no cap on the whole transfer
+        self.low_speed_time = low_speed_time  # seconds of silence that end a transfer (0: off)
+        self.streaming_callback = streaming_callback
+        self.prepare_curl_callback = prepare
+
+
+def header_lines(headers: dict[str, str]) -> list[bytes]:
+    """Request header lines as libcurl takes them, with its ``Expect``/``Pragma`` defaults off."""
+    lines = []
+    for name, value in headers.items():
+        line = f"{name}: {value}".encode("latin-1")
+        if b"\r" in line or b"\n" in line:
+            raise ValueError(f"illegal characters in header {name}")
+        lines.append(line)
+    return [*lines, b"Expect:", b"Pragma:"]
+
+
+class LeanCurlClient(CurlAsyncHTTPClient):
+    """``CurlAsyncHTTPClient`` that also runs :class:`UpstreamCall` requests, set up lean."""
+
+    def _curl_setup_request(self, curl: pycurl.Curl, request: Any, buffer: BytesIO, headers: HTTPHeaders) -> None:
+        if type(request) is not UpstreamCall:
+            super()._curl_setup_request(curl, request, buffer, headers)
+            return
+        setopt = curl.setopt
+        setopt(pycurl.URL, request.url)
+        setopt(pycurl.PROTOCOLS, _PROTOCOLS)
+        setopt(pycurl.HTTPHEADER, request.header_lines)
+        setopt(pycurl.USERAGENT, USER_AGENT)
+        setopt(pycurl.HEADERFUNCTION, _HeaderParser(headers).line)
+        if request.streaming_callback is not None:
+            streaming = curl_httpclient._CurlStreamingBuffer(self, curl, request.streaming_callback)
+            curl.info["streaming_buffer"] = streaming  # type: ignore[attr-defined]
+            setopt(pycurl.WRITEFUNCTION, streaming.write)
+        else:
+            setopt(pycurl.WRITEFUNCTION, _BoundedWriter(buffer).write)
+        setopt(pycurl.CONNECTTIMEOUT_MS, request.connect_timeout_ms)
+        if request.timeout_ms:
+            setopt(pycurl.TIMEOUT_MS, request.timeout_ms)
+        if request.low_speed_time:
+            setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            setopt(pycurl.LOW_SPEED_TIME, request.low_speed_time)
+        setopt(pycurl.POSTFIELDS, request.body)
+        setopt(pycurl.NOSIGNAL, 1)
+        request.prepare_curl_callback(curl)
+
+
+class _HeaderParser:
+    """libcurl ``HEADERFUNCTION``: keeps the status reason and the headers the node reads."""
+
+    __slots__ = ("headers",)
+    KEEP = (b"content-type:", b"retry-after:")
+
+    def __init__(self, headers: HTTPHeaders) -> None:
+        self.headers = headers
+
+    def line(self, raw: bytes) -> None:
+        if raw[:5] == b"HTTP/":
+            self.headers.clear()  # a new response (after a 100 Continue, say)
+            reason = raw.split(b" ", 2)[2:]
+            if reason:
+                self.headers["X-Http-Reason"] = reason[0].strip().decode("latin-1")
+            return
+        lower = raw[:13].lower()
+        for prefix in self.KEEP:
+            if lower.startswith(prefix):
+                name, _, value = raw.decode("latin-1").partition(":")
+                self.headers.add(name.strip(), value.strip())
+                return
+
+
+class _BoundedWriter:
+    """libcurl ``WRITEFUNCTION`` for a buffered answer, failing the transfer past the cap."""
+
+    __slots__ = ("buffer", "size")
+
+    def __init__(self, buffer: BytesIO) -> None:
+        self.buffer = buffer
+        self.size = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > MAX_BUFFERED_BODY:
+            return 0  # libcurl ends the transfer with a write error
+        return self.buffer.write(chunk)
