@@ -106,7 +106,7 @@ def app(settings: Any, io_loop: Any) -> Iterator[Any]:
 
     ctx = NodeContext(settings)
     yield make_app(ctx)
-    ctx.close()
+    io_loop.run_sync(ctx.aclose)
 
 
 @pytest.fixture

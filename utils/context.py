@@ -63,5 +63,5 @@ class NodeContext:
         self._idle.append(waiter)
         await waiter
 
-    def close(self) -> None:
-        self.upstream.close()
+    async def aclose(self) -> None:
+        await self.upstream.aclose()

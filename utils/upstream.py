@@ -274,7 +274,21 @@ class UpstreamClient:
         )
         self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
-    def close(self) -> None:
+    def idle(self) -> bool:
+        """No transfer running or waiting for a slot."""
+        http = self.http
+        return not http._requests and len(http._free_list) == len(http._curls)
+
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Close the client once aborted transfers have wound down (at most ``timeout`` s).
+
+        Closing libcurl's multi handle under a running transfer makes Tornado
+        log a traceback; aborted transfers end within a few IOLoop turns.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.idle() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         self.http.close()
 
     # -- one attempt ---------------------------------------------------------------
