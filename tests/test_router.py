@@ -1,0 +1,336 @@
+"""Router integration: modes, registration, heartbeats, exits (SPEC "Router: registration and liveness").
+
+The node runs as a subprocess (``spawn_node``) where start-up or exit
+matters, against :class:`tests.fake_router.FakeRouter` over loopback; the
+heartbeat logging is tested in-process on a real :class:`RouterClient`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+
+from config import ConfigError, Settings, load_settings
+from tests.conftest import NODE_VARIABLES, SECRETS
+from tests.fake_router import ADMIN_TOKEN, FakeRouter
+from tests.mock_upstream import Behavior, MockUpstream
+from utils.netinfo import detect_local_ip
+from utils.router import RouterClient, first_token
+
+IP = "10.1.2.3"
+MACHINE_TOKEN = "mt-SECRET-given-0042"
+CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="session")
+def router_server() -> Iterator[FakeRouter]:
+    router = FakeRouter().start()
+    yield router
+    router.stop()
+
+
+@pytest.fixture
+def router(router_server: FakeRouter) -> FakeRouter:
+    """The fake router, reset for this test."""
+    router_server.reset()
+    return router_server
+
+
+def router_env(router: FakeRouter, **extra: str) -> dict[str, str]:
+    """A router-mode environment: fast heartbeats and retries, a fixed MACHINE_IP."""
+    env = {
+        "ROUTER_BASE_URL": router.base_url,
+        "MACHINE_IP": IP,
+        "LIVENESS_INTERVAL": "0.2",
+        "ROUTER_RETRY_BACKOFF": "0.01",
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def assert_no_secret(output: str, *tokens: str) -> None:
+    for token in (*tokens, *SECRETS.values()):
+        assert token not in output
+
+
+def post_chat(port: int, body: dict[str, Any] = CHAT) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+def test_standalone_never_calls_the_router(spawn_node: Any, router: FakeRouter) -> None:
+    node = spawn_node({"ADMIN_API_TOKEN": ADMIN_TOKEN, "MACHINE_API_TOKEN": MACHINE_TOKEN, "LIVENESS_INTERVAL": "0.05"})
+    assert post_chat(node.port)[0] == 200
+    node.stop()
+    assert_no_secret(node.output, ADMIN_TOKEN, MACHINE_TOKEN)
+    assert "(standalone mode" in node.output
+    assert "mira.router" not in node.output
+    assert router.calls == []
+
+
+def test_router_url_without_a_token_exits_naming_the_variables(spawn_node: Any, router: FakeRouter) -> None:
+    node = spawn_node(router_env(router), ready=False)
+    assert node.wait() != 0
+    assert "ROUTER_BASE_URL" in node.output
+    assert "MACHINE_API_TOKEN" in node.output and "ADMIN_API_TOKEN" in node.output
+    assert "Traceback" not in node.output
+    assert router.calls == []
+
+
+def test_router_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NODE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENV_FILE", os.devnull)
+    assert load_settings().router_retry_backoff == 1.0
+    monkeypatch.setenv("ROUTER_BASE_URL", "http://127.0.0.1:9/")
+    with pytest.raises(ConfigError, match="MACHINE_API_TOKEN.*ADMIN_API_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("ADMIN_API_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("ROUTER_RETRY_BACKOFF", "0.5")
+    settings = load_settings()
+    assert (settings.router_base_url, settings.router_retry_backoff) == ("http://127.0.0.1:9", 0.5)
+    monkeypatch.setenv("ROUTER_RETRY_BACKOFF", "-1")
+    with pytest.raises(ConfigError, match="ROUTER_RETRY_BACKOFF"):
+        load_settings()
+
+
+# -- registration -----------------------------------------------------------------------------
+
+
+def test_registers_then_beats_with_the_obtained_token(spawn_node: Any, router: FakeRouter) -> None:
+    ip = detect_local_ip()  # no MACHINE_IP: the node detects the same address
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, MACHINE_IP=""))
+    assert router.wait_for(lambda r: len(r.beats()) >= 2)
+    node.stop()
+
+    admin = router.admin_calls()
+    assert [(c.method, c.path) for c in admin] == [
+        ("GET", f"/admin/machines/{ip}"),
+        ("POST", "/admin/machines/register"),
+        ("GET", f"/admin/machines/{ip}/auth-tokens"),
+        ("POST", f"/admin/machines/{ip}/auth-tokens"),
+    ]
+    assert all(c.authorization == f"Bearer {ADMIN_TOKEN}" for c in admin)
+    assert [c.status for c in admin] == [404, 200, 200, 200]
+    registration = admin[1].json
+    assert registration["network_ip"] == ip
+    assert re.fullmatch(r"mira-[a-z0-9]{8}", registration["name"])
+    assert isinstance(registration["description"], str) and registration["disabled"] is False
+    assert isinstance(admin[3].json.get("description"), str)
+    # every call before the first beat is an admin call, and beats use the token just created
+    assert router.calls[: len(admin)] == admin
+    (token,) = router.tokens_of(ip)
+    beats = router.beats()
+    assert all(b.authorization == f"Bearer {token}" and b.path == f"/liveness/{ip}" and b.status == 200 for b in beats)
+    assert "registering with the admin token" in node.output
+    assert f"registered with the router as {registration['name']}" in node.output
+    assert_no_secret(node.output, ADMIN_TOKEN, token)
+
+
+def test_reuses_an_existing_machine_name_and_token(spawn_node: Any, router: FakeRouter) -> None:
+    existing = ["mt-SECRET-existing-0001", "mt-SECRET-existing-0002"]
+    router.add_machine(IP, "node-seven", existing)
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, MACHINE_NAME="another-name"))
+    assert router.wait_for(lambda r: len(r.beats()) >= 1)
+    node.stop()
+
+    admin = router.admin_calls()
+    assert [(c.method, c.path) for c in admin] == [
+        ("GET", f"/admin/machines/{IP}"),
+        ("POST", "/admin/machines/register"),
+        ("GET", f"/admin/machines/{IP}/auth-tokens"),
+    ]
+    assert admin[1].json["name"] == "node-seven"
+    assert router.tokens_of(IP) == existing  # no new token was created
+    assert all(b.authorization == f"Bearer {existing[0]}" and b.status == 200 for b in router.beats())
+    assert "registered with the router as node-seven" in node.output
+    assert_no_secret(node.output, ADMIN_TOKEN, *existing)
+
+
+def test_registration_retries_transient_failures(spawn_node: Any, router: FakeRouter) -> None:
+    router.fail_first = 2
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 1 and r.beats()[0].status == 200)
+    node.stop()
+    first = router.calls[:3]
+    assert [(c.method, c.path, c.status) for c in first] == [("GET", f"/admin/machines/{IP}", s) for s in (503, 503, 404)]
+    assert "attempt 1 of 5" in node.output and "attempt 2 of 5" in node.output
+    assert_no_secret(node.output, ADMIN_TOKEN, *router.tokens_of(IP))
+
+
+def test_registration_gives_up_after_five_attempts(spawn_node: Any, router: FakeRouter) -> None:
+    router.always_fail = True
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN), ready=False)
+    assert node.wait() == 1
+    assert [(c.method, c.path, c.status) for c in router.calls] == [("GET", f"/admin/machines/{IP}", 503)] * 5
+    assert "router registration failed" in node.output and "after 5 attempts" in node.output
+    assert "Traceback" not in node.output
+    assert_no_secret(node.output, ADMIN_TOKEN)
+
+
+def test_an_unreachable_router_stops_start_up(spawn_node: Any, router: FakeRouter) -> None:
+    env = router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, ROUTER_BASE_URL=f"http://127.0.0.1:{closed_port()}")
+    node = spawn_node(env, ready=False)
+    assert node.wait() == 1
+    assert "router registration failed" in node.output and "after 5 attempts" in node.output
+    assert_no_secret(node.output, ADMIN_TOKEN)
+
+
+def test_a_refused_admin_token_stops_start_up_at_once(spawn_node: Any, router: FakeRouter) -> None:
+    wrong = "adm-SECRET-wrong-9999"
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=wrong), ready=False)
+    assert node.wait() == 1
+    assert [c.status for c in router.calls] == [401]  # not retried
+    assert "refused ADMIN_API_TOKEN" in node.output
+    assert_no_secret(node.output, wrong)
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+def test_a_machine_token_skips_registration(spawn_node: Any, router: FakeRouter) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN, ADMIN_API_TOKEN=ADMIN_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 2)
+    node.stop()
+    assert router.admin_calls() == []
+    assert all(b.authorization == f"Bearer {MACHINE_TOKEN}" and b.status == 200 for b in router.beats())
+    assert "machine token given" in node.output
+    assert_no_secret(node.output, MACHINE_TOKEN, ADMIN_TOKEN)
+
+
+def test_beats_repeat_and_stop_when_draining(spawn_node: Any, router: FakeRouter, upstream: MockUpstream) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 3)
+    arrivals = [b.received_at for b in router.beats()]
+    assert all(later - earlier > 0.1 for earlier, later in pairwise(arrivals))  # paced, not a storm
+
+    upstream.push(Behavior(delay=0.8))  # a request that keeps the drain going for a few intervals
+    with ThreadPoolExecutor(1) as pool:
+        chat = pool.submit(post_chat, node.port)
+        assert upstream.wait_for(lambda u: len(u.requests) == 1)
+        node.signal()
+        assert node.wait_for_line("draining")
+        beats_at_drain = len(router.beats())
+        assert node.wait() == 0
+        assert chat.result()[0] == 200
+    assert len(router.beats()) <= beats_at_drain + 1  # at most one already on its way
+    assert "ERROR" not in node.output and "Traceback" not in node.output
+    assert_no_secret(node.output, MACHINE_TOKEN)
+
+
+def test_a_hanging_router_does_not_delay_requests(spawn_node: Any, router: FakeRouter) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    router.hang = True
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN, LIVENESS_INTERVAL="5"))
+    assert router.wait_for(lambda r: r.in_flight == 1)
+    assert post_chat(node.port)[0] == 200
+    assert router.beats()[0].open  # the chat was answered while the beat still hung
+    node.signal()
+    assert node.wait() == 0
+    assert router.wait_for(lambda r: not r.beats()[0].open)  # the beat was given up, not left dangling
+    assert len(router.beats()) == 1
+    assert "ERROR" not in node.output and "Traceback" not in node.output
+    assert_no_secret(node.output, MACHINE_TOKEN)
+
+
+# -- the client in-process --------------------------------------------------------------------
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("mira_heartbeat_failures_total") or 0.0
+
+
+def router_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mira.router"]
+
+
+def make_client(router: FakeRouter, **settings: Any) -> RouterClient:
+    values = {"router_base_url": router.base_url, "machine_api_token": MACHINE_TOKEN, "liveness_interval": 0.2}
+    values.update(settings)
+    return RouterClient(Settings(**values), CurlAsyncHTTPClient(force_instance=True), IP)
+
+
+@pytest.mark.gen_test
+async def test_failed_heartbeats_are_logged_rate_limited(router: FakeRouter, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mira.router")
+    client = make_client(router)
+    router.always_fail = True
+    before = failures()
+    try:
+        for _ in range(5):
+            assert not await client.beat()
+        assert failures() - before == 5
+        assert [r.levelname for r in router_logs(caplog)] == ["WARNING"]
+        assert "HTTP 503" in router_logs(caplog)[0].getMessage()
+
+        router.always_fail = False
+        router.add_machine(IP, "given", [MACHINE_TOKEN])
+        assert await client.beat()
+        assert "recovered after 5 failed" in router_logs(caplog)[-1].getMessage()
+
+        caplog.clear()
+        client.summary_interval = 0  # now every failure after the first is a summary line
+        router.always_fail = True
+        for _ in range(3):
+            await client.beat()
+        messages = [r.getMessage() for r in router_logs(caplog)]
+        assert len(messages) == 3 and "still failing: 3 in a row" in messages[-1]
+        assert not any(MACHINE_TOKEN in m for m in messages)
+    finally:
+        client.http.close()
+
+
+@pytest.mark.gen_test
+async def test_heartbeats_never_overlap_and_stop_at_once(router: FakeRouter) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    router.hang = True
+    client = make_client(router, liveness_interval=0.3)
+    before = failures()
+    try:
+        client.start_heartbeat()
+        assert await router.await_for(lambda r: len(r.beats()) >= 3)
+        client.stop_heartbeat()
+        assert await router.await_for(lambda r: r.in_flight == 0)  # the beat in flight was aborted
+        beats = router.beats()
+        for earlier, later in pairwise(beats):
+            assert earlier.closed_at is not None and earlier.closed_at <= later.received_at
+        assert failures() - before >= 2
+        assert not client.beating
+    finally:
+        client.http.close()
+
+
+def test_first_token_reads_the_shapes_a_router_may_answer() -> None:
+    assert first_token([{"api_token": "a"}, {"api_token": "b"}]) == "a"
+    assert first_token({"data": [{"description": "x"}, {"api_token": "b"}]}) == "b"
+    assert first_token({"api_token": "c"}) == "c"
+    assert first_token([]) == first_token({}) == first_token(None) == first_token({"tokens": "x"}) == ""

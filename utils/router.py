@@ -1,0 +1,399 @@
+"""The Mira router client: registration at start-up, then liveness heartbeats.
+
+The mode is decided once, from the settings (see :func:`router_mode`):
+
+* standalone: ROUTER_BASE_URL unset; nothing in this module runs;
+* router with MACHINE_API_TOKEN: heartbeats only, with that token;
+* router with ADMIN_API_TOKEN: :meth:`RouterClient.register` looks the machine
+  up, registers it (reusing its name), reuses its first machine token or
+  creates one, then heartbeats use that token.
+
+Every call goes through the process's one shared curl client. Only
+``server.py`` holds a :class:`RouterClient`; handlers never see it. No token
+is ever logged (at most its last four characters, through
+:func:`utils.redact.tail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pycurl
+import ujson
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPRequest
+
+from config import Settings
+from utils import metrics
+from utils.redact import Redactor, tail
+
+log = logging.getLogger("mira.router")
+
+REGISTER_ATTEMPTS = 5  # tries per registration call on transient failures
+REGISTER_TIMEOUT = 10.0  # seconds for one registration call
+REGISTER_CONNECT_TIMEOUT = 5.0
+MAX_BEAT_TIMEOUT = 10.0  # a heartbeat gets half the interval, at most this
+FAILURE_SUMMARY_INTERVAL = 60.0  # seconds between "still failing" lines
+NAME_ALPHABET = string.ascii_lowercase + string.digits
+MAX_DETAIL = 200  # characters of a router error body shown in a message
+
+
+class RouterError(Exception):
+    """Registration with the router failed: the node cannot start in router mode."""
+
+
+def router_mode(settings: Settings) -> str:
+    """How this node talks to the router: ``standalone``, ``machine token`` or ``admin token``."""
+    if not settings.router_base_url:
+        return "standalone"
+    return "machine token" if settings.machine_api_token else "admin token"
+
+
+def token_source(settings: Settings) -> str:
+    """The start line's note on where the machine token comes from ("" when standalone)."""
+    return {
+        "standalone": "",
+        "machine token": "machine token given",
+        "admin token": "registering with the admin token",
+    }[router_mode(settings)]
+
+
+def default_machine_name() -> str:
+    """``mira-`` and 8 random lowercase letters and digits."""
+    return "mira-" + "".join(secrets.choice(NAME_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one router call came back with: an HTTP status, or 599 and a transport error."""
+
+    status: int
+    body: bytes = b""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def transient(self) -> bool:
+        """Worth another attempt: no answer, a 5xx or a 429."""
+        return self.status == 599 or self.status == 429 or self.status >= 500
+
+    def describe(self) -> str:
+        return self.error if self.status == 599 else f"HTTP {self.status}"
+
+    def json(self) -> Any:
+        """The body as JSON, ``None`` when it is not."""
+        try:
+            return ujson.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+class _Transfer:
+    """The libcurl side of one router call: it can be given up, queued or running.
+
+    The curl handles are pooled and shared with the upstream client, which
+    leaves its own progress callback on them, so every call sets its own.
+    """
+
+    def __init__(self) -> None:
+        self.curl: pycurl.Curl | None = None
+        self.started = False
+        self.aborted = False
+
+    def prepare(self, curl: pycurl.Curl) -> None:
+        """``prepare_curl_callback``: runs when a connection slot is free."""
+        if self.aborted:  # the caller stopped waiting: never send it
+            raise RuntimeError("router call given up while queued")
+        self.started = True
+        self.curl = curl
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+
+    def _progress(self, *_: int) -> int:
+        return 1 if self.aborted else 0
+
+    def abort(self) -> None:
+        """Give up now: a queued call never starts, a running one ends at once."""
+        self.aborted = True
+        if self.curl is not None:
+            try:  # a silent transfer only notices at its next progress call: nudge it
+                self.curl.pause(pycurl.PAUSE_ALL)
+                self.curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def finish(self) -> None:
+        self.curl = None  # back in the pool: never touch it again
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Mark a fetch's outcome as seen, so a call given up on logs nothing."""
+    if not future.cancelled():
+        future.exception()
+
+
+class RouterClient:
+    """Talks to the Mira router for one node: :meth:`register`, then heartbeats.
+
+    ``http`` is the shared curl client (``ctx.upstream.http``) and
+    ``machine_ip`` the address the router knows this node by.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: CurlAsyncHTTPClient,
+        machine_ip: str,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.base_url = settings.router_base_url.rstrip("/")
+        self.http = http
+        self.machine_ip = machine_ip
+        self.interval = settings.liveness_interval
+        self.beat_timeout = min(self.interval / 2, MAX_BEAT_TIMEOUT)
+        self.retry_backoff = settings.router_retry_backoff
+        self.summary_interval = FAILURE_SUMMARY_INTERVAL
+        self.name = settings.machine_name
+        self.version = settings.version
+        self.redact = redactor or Redactor()
+        self._admin_token = settings.admin_api_token
+        self._machine_token = settings.machine_api_token
+        self._task: asyncio.Task[None] | None = None
+        self._transfers: set[_Transfer] = set()  # calls in flight
+        self._failures = 0  # consecutive failed heartbeats
+        self._last_failure_log = 0.0
+        self.redact.add(self._admin_token)
+        self.redact.add(self._machine_token)
+
+    def __repr__(self) -> str:
+        return f"RouterClient({self.base_url!r}, ip={self.machine_ip!r})"
+
+    @property
+    def _machine_url(self) -> str:
+        return f"{self.base_url}/admin/machines/{quote(self.machine_ip, safe='')}"
+
+    @property
+    def liveness_url(self) -> str:
+        return f"{self.base_url}/liveness/{quote(self.machine_ip, safe='')}"
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, url: str, token: str, payload: Any = None, timeout: float = REGISTER_TIMEOUT
+    ) -> Reply:
+        """One HTTP call with a bearer token; never raises on a failure, returns it.
+
+        The whole call, a wait for a free connection slot included, is bounded
+        by about ``timeout``.
+        """
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        body: bytes | None = None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            body = ujson.dumps(payload, escape_forward_slashes=False).encode()
+        elif method == "POST":
+            body = b""
+        transfer = _Transfer()
+        request = HTTPRequest(
+            url,
+            method=method,
+            headers=headers,
+            body=body,
+            connect_timeout=min(timeout, REGISTER_CONNECT_TIMEOUT),
+            request_timeout=timeout,
+            prepare_curl_callback=transfer.prepare,
+        )
+        self._transfers.add(transfer)
+        # Never cancel tornado's future (it logs an error when its result comes late);
+        # wait on it instead, and let a late result be read by nobody, quietly.
+        future = self.http.fetch(request, raise_error=False)
+        future.add_done_callback(_consume)
+        try:
+            await asyncio.wait((future,), timeout=timeout)
+            if not future.done() and not transfer.started:
+                transfer.abort()
+                return Reply(599, error="no free connection slot in time")
+            if not future.done():  # running: libcurl's own timeouts end it
+                await asyncio.wait((future,))
+            response = future.result()
+        except asyncio.CancelledError:
+            transfer.abort()
+            raise
+        except Exception as exc:  # CurlError: refused, reset, timed out
+            message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+            return Reply(599, error=self.redact(message))
+        finally:
+            transfer.finish()
+            self._transfers.discard(transfer)
+        return Reply(response.code, response.body or b"")
+
+    # -- registration ---------------------------------------------------------------------
+
+    async def prepare(self) -> str:
+        """The machine token: the given one, else one obtained by :meth:`register`."""
+        if self._machine_token:
+            return self._machine_token
+        return await self.register()
+
+    async def register(self) -> str:
+        """Register this machine with the admin token; return its machine token.
+
+        Raises :class:`RouterError` with a message for the operator when the
+        router refuses, or is still unreachable after the retries.
+        """
+        if not self._admin_token:
+            raise RouterError("router registration needs ADMIN_API_TOKEN (or set MACHINE_API_TOKEN)")
+        found = await self._admin("GET", self._machine_url, "look up this machine", accept=(404,))
+        existing = found.json() if found.status != 404 else None
+        if isinstance(existing, dict) and isinstance(existing.get("name"), str) and existing["name"]:
+            self.name = existing["name"]
+        self.name = self.name or default_machine_name()
+        registration = {
+            "network_ip": self.machine_ip,
+            "name": self.name,
+            "description": f"Mira service node {self.version}",
+            "disabled": False,
+        }
+        await self._admin("POST", f"{self.base_url}/admin/machines/register", "register this machine", registration, (409,))
+        listed = await self._admin("GET", f"{self._machine_url}/auth-tokens", "list machine tokens", accept=(404,))
+        token = first_token(listed.json()) if listed.ok else ""
+        reused = bool(token)
+        if not token:
+            created = await self._admin(
+                "POST", f"{self._machine_url}/auth-tokens", "create a machine token", {"description": f"Mira node {self.name}"}
+            )
+            token = first_token(created.json())
+            if not token:
+                raise RouterError(f"router registration failed: creating a machine token at {self.base_url} gave no api_token")
+        self._machine_token = token
+        self.redact.add(token)
+        log.info(
+            "registered with the router as %s (ip %s); %s machine token %s",
+            self.name, self.machine_ip, "reusing" if reused else "created", tail(token),
+        )
+        return token
+
+    async def _admin(self, method: str, url: str, what: str, payload: Any = None, accept: tuple[int, ...] = ()) -> Reply:
+        """An admin call, retried with exponential backoff on transient failures."""
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            reply = await self._call(method, url, self._admin_token, payload)
+            if reply.ok or reply.status in accept:
+                return reply
+            if not reply.transient:
+                raise RouterError(self._refusal(method, url, what, reply))
+            if attempt == REGISTER_ATTEMPTS:
+                raise RouterError(
+                    f"router registration failed: could not {what} ({method} {url}): {reply.describe()}"
+                    f" after {REGISTER_ATTEMPTS} attempts; check ROUTER_BASE_URL and that the router is up"
+                )
+            delay = self.retry_backoff * 2 ** (attempt - 1)
+            log.warning(
+                "router registration: could not %s (%s); attempt %d of %d, retrying in %.2fs",
+                what, reply.describe(), attempt, REGISTER_ATTEMPTS, delay,
+            )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _refusal(self, method: str, url: str, what: str, reply: Reply) -> str:
+        """The operator's message for a router answer that no retry will change."""
+        if reply.status in (401, 403):
+            return f"router registration failed: the router refused ADMIN_API_TOKEN (HTTP {reply.status} on {method} {url})"
+        detail = self.redact(reply.body[:MAX_DETAIL].decode("utf-8", "replace")).strip()
+        return f"router registration failed: could not {what} ({method} {url}): HTTP {reply.status}" + (
+            f": {detail}" if detail else ""
+        )
+
+    # -- heartbeats -----------------------------------------------------------------------
+
+    def start_heartbeat(self) -> None:
+        """Send a heartbeat now and then every LIVENESS_INTERVAL seconds, in the background."""
+        if self._task is not None:
+            return
+        if not self._machine_token:
+            raise RouterError("heartbeats need a machine token: call prepare() first")
+        log.info("heartbeats to %s every %gs", self.liveness_url, self.interval)
+        self._task = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    def stop_heartbeat(self) -> None:
+        """Stop at once: no heartbeat is sent after this call, one in flight is aborted."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        for transfer in list(self._transfers):
+            transfer.abort()
+
+    @property
+    def beating(self) -> bool:
+        return self._task is not None
+
+    async def _beat_forever(self) -> None:
+        """Beat at a fixed rate, one beat at a time (each is bounded below the interval)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.beat()
+            except Exception:  # a bug here must not end the heartbeats
+                log.exception("heartbeat error")
+            next_at = max(next_at + self.interval, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    async def beat(self) -> bool:
+        """Send one heartbeat; count and log (rate-limited) a failure. True when accepted."""
+        reply = await self._call("POST", self.liveness_url, self._machine_token, timeout=self.beat_timeout)
+        if reply.ok:
+            self._beat_ok()
+        else:
+            self._beat_failed(reply.describe())
+        return reply.ok
+
+    def _beat_ok(self) -> None:
+        if self._failures:
+            log.info("heartbeats recovered after %d failed", self._failures)
+        self._failures = 0
+
+    def _beat_failed(self, reason: str) -> None:
+        """Log the first failure, then a summary at most every ``summary_interval`` seconds."""
+        metrics.HEARTBEAT_FAILURES.inc()
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            log.warning(
+                "heartbeat to %s failed: %s (repeats are summarised every %gs)",
+                self.liveness_url, reason, self.summary_interval,
+            )
+        elif now - self._last_failure_log >= self.summary_interval:
+            log.warning("heartbeats still failing: %d in a row, last: %s", self._failures, reason)
+        else:
+            return
+        self._last_failure_log = now
+
+
+def first_token(data: Any) -> str:
+    """The first ``api_token`` in a router answer: one token object or a list of them.
+
+    A list may also come wrapped as ``{"data": [...]}`` or ``{"tokens": [...]}``.
+    """
+    if isinstance(data, dict):
+        if isinstance(data.get("api_token"), str):
+            return data["api_token"]
+        for key in ("data", "tokens", "auth_tokens", "items"):
+            if isinstance(data.get(key), list):
+                return first_token(data[key])
+        return ""
+    if isinstance(data, list):
+        for item in data:
+            token = first_token(item) if isinstance(item, dict) else ""
+            if token:
+                return token
+    return ""
