@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench bench-quick clean
+.PHONY: install run dev test lint bench bench-quick clean fuzz docker-build docker-run
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,33 @@ test: $(STAMP)  ## run the test suite
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)  ## benchmark the node against a fast mock upstream (installs wrk if missing); see bench/README.md
+	$(PY) bench/run.py
+
+bench-quick: $(STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
+	$(PY) bench/run.py --quick
+
+# Fuzzing has its own venv: schemathesis and hypothesis bring pytest plugins that `make test` must not load.
+FUZZ_VENV  := $(VENV)/fuzz
+FUZZ_STAMP := $(FUZZ_VENV)/.installed
+
+$(FUZZ_STAMP): requirements.txt requirements-dev.txt requirements-fuzz.txt
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install --quiet -r requirements-fuzz.txt
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)  ## schemathesis against openapi.json: a node and the mock upstream on free ports (FUZZ_ARGS="--max-examples 200 --seed 1")
+	$(FUZZ_VENV)/bin/python tools/fuzz.py $(FUZZ_ARGS)
+
+IMAGE     ?= mira-service
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+docker-build:  ## build the image $(IMAGE):$(IMAGE_TAG) (VERSION in /health = IMAGE_TAG)
+	docker build --build-arg VERSION=$(IMAGE_TAG) -t $(IMAGE):$(IMAGE_TAG) .
+
+docker-run:  ## run the image on port 8000 with the settings of .env (if any)
+	docker run --rm --name $(IMAGE) -p 8000:8000 $(if $(wildcard .env),--env-file .env) $(IMAGE):$(IMAGE_TAG)
 
 clean:
 	rm -rf $(VENV)

@@ -10,9 +10,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -20,15 +22,17 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
-from handlers import chat, health
+from handlers import chat, health, meta, verify
+from handlers import eval as evaluation
 from handlers.base import NotFoundHandler
 from utils.context import NodeContext
 from utils.logs import log_request, setup_logging
 from utils.redact import Redactor
+from utils.router import RouterClient, RouterError, token_source
 
 log = logging.getLogger("mira.server")
 
-ROUTE_MODULES = (health, chat)
+ROUTE_MODULES = (health, chat, meta, verify, evaluation)
 
 
 def make_app(ctx: NodeContext) -> Application:
@@ -52,10 +56,14 @@ def mode_of(settings: Settings) -> str:
 class Node:
     """One serving process: its app, HTTP server and drain logic."""
 
-    def __init__(self, settings: Settings, sockets: list[socket.socket]) -> None:
+    def __init__(self, settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> None:
         self.settings = settings
         self.sockets = sockets
         self.ctx = NodeContext(settings)
+        # Router work (registration, heartbeats): in router mode, by the one process given heartbeat=True.
+        self.router = None
+        if settings.router_base_url and heartbeat:
+            self.router = RouterClient(settings, self.ctx.upstream.http, self.ctx.machine_ip, self.ctx.redactor)
         self.app = make_app(self.ctx)
         # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself.
         self.server = HTTPServer(self.app, max_body_size=settings.max_body_size + 1, idle_connection_timeout=75)
@@ -74,66 +82,229 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
+        if self.router is not None:
+            try:
+                await self.router.prepare()  # registers when no MACHINE_API_TOKEN is given
+            except RouterError:
+                await self.ctx.aclose()
+                raise
         self.server.add_sockets(self.sockets)
+        if self.router is not None:
+            self.router.start_heartbeat()
         await self.stopping.wait()
         await self.drain()
 
     async def drain(self) -> None:
         """Stop taking work, let in-flight requests finish, then close the rest."""
+        if self.router is not None:
+            self.router.stop_heartbeat()
         ctx = self.ctx
         ctx.draining = True
         self.server.stop()  # the port refuses new connections from here on
         try:
             await asyncio.wait_for(ctx.wait_idle(), timeout=self.settings.shutdown_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("drain: %d requests still running after %gs; closing them", ctx.in_flight, self.settings.shutdown_timeout)
         try:
             await asyncio.wait_for(self.server.close_all_connections(), timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("drain: connections did not close in time")
-        ctx.close()
+        await ctx.aclose()
         log.info("stopped")
 
 
 def start_line(settings: Settings, pid_note: str = "") -> str:
     configured = [name for name, p in settings.providers.items() if p.api_key or name == "mira"]
+    token_note = f", {token_source(settings)}" if settings.router_base_url else ""
     return (
         f"Mira service node {settings.version} listening on {settings.host}:{settings.port}"
-        f" ({mode_of(settings)} mode{pid_note}); providers: {', '.join(configured) or 'none'}"
+        f" ({mode_of(settings)} mode{token_note}{pid_note}); providers: {', '.join(configured) or 'none'}"
     )
 
 
-def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+def serve(settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> None:
     """Run one serving process until it has drained."""
 
     async def main() -> None:
-        node = Node(settings, sockets)
+        node = Node(settings, sockets, heartbeat=heartbeat)
         await node.run()
 
     asyncio.run(main())
+
+
+def serve_exit_code(settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> int:
+    """:func:`serve`, with start-up failures turned into exit codes (2: configuration, 1: router)."""
+    try:
+        serve(settings, sockets, heartbeat)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except RouterError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+MAX_RESTARTS = 10
+
+
+def reserve_port(settings: Settings) -> socket.socket:
+    """Bind (without listening) a SO_REUSEPORT socket: it holds the port for the workers."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        settings.host or None, settings.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class Supervisor:
+    """The parent of WORKERS processes, each with its own SO_REUSEPORT listening socket.
+
+    The kernel spreads connections over the workers' sockets. The parent passes
+    SIGTERM/SIGINT on to every worker (each drains on its own), restarts a worker
+    that dies unexpectedly, and exits 0 once all have stopped after a signal.
+    Only worker 0 talks to the router.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self.restarts = 0
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                sockets = bind_sockets(self.settings.port, self.settings.host, backlog=2048, reuse_port=True)
+                log.info("worker %d serving (pid %d)", index, os.getpid())
+                code = serve_exit_code(self.settings, sockets, heartbeat=index == 0)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping:
+            log.warning("second %s: workers exit at once", signal.Signals(signum).name)
+        else:
+            log.info("received %s: draining %d workers", signal.Signals(signum).name, len(self.children))
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.on_signal)
+        for index in range(self.settings.workers):
+            self.spawn(index)
+        worst = 0
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            mark_worker_dead(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                worst = max(worst, code if code > 0 else 0)
+                continue
+            if code in (1, 2) or self.restarts >= MAX_RESTARTS:
+                log.error("worker %d (pid %d) exited with %d: stopping the node", index, pid, code)
+                self.stopping = True
+                worst = code if code > 0 else 1
+                self.on_signal(signal.SIGTERM, None)
+                continue
+            self.restarts += 1
+            log.warning("worker %d (pid %d) died (%d): restarting it", index, pid, code)
+            self.spawn(index)
+        log.info("all workers stopped")
+        return worst
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Let Prometheus' multi-process mode drop a dead worker's live gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def multiprocess_metrics_dir() -> bool:
+    """Make sure PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported.
+
+    prometheus_client picks its storage at import time, so when the node has
+    to create the folder it re-executes itself with the variable set; the
+    return value says whether this process owns (and so removes) the folder.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="mira-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        os.environ["MIRA_METRICS_DIR_OWNED"] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # counters of an earlier run
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+    return os.environ.get("MIRA_METRICS_DIR_OWNED") == "1"
+
+
+def config_error(message: str) -> None:
+    """Report a configuration error before logging is set up (JSON when LOG_FORMAT asks for it)."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        import ujson
+
+        print(ujson.dumps({"level": "ERROR", "logger": "mira.server", "message": message}), file=sys.stderr)
+    else:
+        print(f"mira: {message}", file=sys.stderr)
 
 
 def main() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"mira: configuration error: {exc}", file=sys.stderr)
+        config_error(f"configuration error: {exc}")
         return 2
+    owned_metrics_dir = settings.workers > 1 and multiprocess_metrics_dir()
     setup_logging(settings.log_level, settings.log_format, Redactor(settings.secrets()))
     try:
-        sockets = bind_sockets(settings.port, settings.host, backlog=2048)
+        if settings.workers > 1:
+            reservation = reserve_port(settings)
+        else:
+            sockets = bind_sockets(settings.port, settings.host, backlog=2048)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
         return 1
     if settings.port == 0:  # an ephemeral port (tests): report the one the system chose
-        settings = dataclasses.replace(settings, port=sockets[0].getsockname()[1])
-    log.info(start_line(settings))
+        bound = reservation if settings.workers > 1 else sockets[0]
+        settings = dataclasses.replace(settings, port=bound.getsockname()[1])
+    if settings.workers == 1:
+        log.info(start_line(settings))
+        return serve_exit_code(settings, sockets)
+    log.info(start_line(settings, f", {settings.workers} workers"))
     try:
-        serve(settings, sockets)
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return 2
-    return 0
+        return Supervisor(settings).run()
+    finally:
+        reservation.close()
+        if owned_metrics_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ class BaseHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+            exc = ApiError(405, f"Method {self.request.method} is not allowed on {self.request.path}")
         if isinstance(exc, ApiError):
             error = exc
             if exc.status == 499:  # the client is gone: nothing to say to it
@@ -137,8 +140,6 @@ class BaseHandler(RequestHandler):
         elif isinstance(exc, HTTPError) and exc.status_code < 500:
             message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
             error = ApiError(status_code, message or self._reason)
-        elif status_code == 405:
-            error = ApiError(405, f"Method {self.request.method} is not allowed on {self.request.path}")
         elif status_code < 500:
             error = ApiError(status_code, self._reason)
         else:
@@ -148,6 +149,11 @@ class BaseHandler(RequestHandler):
         self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
         if self._headers.get("Connection") == "close":
             self.request.connection.stream.io_loop.add_callback(self._close_connection)
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (for the ``Allow`` header of a 405)."""
+        return [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def _close_connection(self) -> None:
         stream = getattr(self.request.connection, "stream", None)

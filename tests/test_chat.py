@@ -219,6 +219,7 @@ async def test_bad_input_is_a_clear_400(node_url, upstream, raw, message, param)
 async def test_wrong_method_and_unknown_path(node_url):
     response = await get(node_url + "/v1/chat/completions")
     assert response.code == 405
+    assert response.headers["Allow"] == "POST, OPTIONS"
     assert error_of(response)["type"] == "invalid_request_error"
     response = await get(node_url + "/v2/nothing")
     assert response.code == 404

@@ -7,9 +7,14 @@ outcomes come from a fixed set.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+# In multi-process mode each metric keeps its values in files in this folder, from its creation on.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180)
 
