@@ -276,7 +276,22 @@ def config_error(message: str) -> None:
         print(f"mira: {message}", file=sys.stderr)
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft open-file limit to the hard one: each open stream holds two sockets."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main() -> int:
+    raise_fd_limit()
     try:
         settings = load_settings()
     except ConfigError as exc:

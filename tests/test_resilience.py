@@ -216,6 +216,7 @@ async def test_slow_reader_keeps_node_memory_bounded(spawn_node, upstream):
     assert received > 64 * 1024 * 1024
     assert b"[DONE]" in tail
     grown_mb = (peak_rss_kb() - before) / 1024
+    print(f"slow reader: relayed {received / 2**20:.0f} MB, node peak RSS grew by {grown_mb:.1f} MB")
     assert grown_mb < 24, f"node RSS grew by {grown_mb:.1f} MB while relaying a 64 MB stream to a slow reader"
 
 

@@ -27,6 +27,7 @@ USER_AGENT = "mira-service-node"
 # A non-streamed answer is held in memory whole: refuse one larger than this.
 MAX_BUFFERED_BODY = 64 * 1024 * 1024
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
 
 
 class UpstreamCall:
@@ -119,6 +120,9 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             setopt(pycurl.LOW_SPEED_LIMIT, 1)
             setopt(pycurl.LOW_SPEED_TIME, request.low_speed_time)
         setopt(pycurl.POSTFIELDS, request.body)
+        # The body goes from POSTFIELDS; libcurl's 64 KB upload buffer per handle is
+        # memory held for nothing by every open stream (about 30 KB a stream saved).
+        setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
         setopt(pycurl.NOSIGNAL, 1)
         request.prepare_curl_callback(curl)
 
