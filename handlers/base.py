@@ -21,6 +21,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from models.errors import ERROR_TYPES, ApiError
 from utils.context import NodeContext
 from utils.metrics import IN_FLIGHT
+from utils.upstream import Cancel
 
 log = logging.getLogger("mira.handlers")
 
@@ -192,7 +193,19 @@ class BaseHandler(RequestHandler):
 
 
 class ApiHandler(BaseHandler):
-    """Base of the ``/v1/*`` endpoints: service key and concurrency limit."""
+    """Base of the ``/v1/*`` endpoints: service key, concurrency limit, cancellation.
+
+    ``self.cancel`` is cancelled when the client disconnects: every upstream
+    call made under it is aborted at once.
+    """
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.cancel = Cancel()
+
+    def on_connection_close(self) -> None:
+        self.cancel.cancel()
+        super().on_connection_close()
 
     def prepare(self) -> None:
         self._started = time.monotonic()

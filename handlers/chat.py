@@ -7,7 +7,6 @@ import ujson
 from handlers.base import ApiHandler
 from models.chat import parse_chat_request
 from utils import metrics
-from utils.upstream import Cancel
 
 
 class ChatCompletionsHandler(ApiHandler):
@@ -16,10 +15,6 @@ class ChatCompletionsHandler(ApiHandler):
     route_name = "chat"
     accept_body = True
     machine_ip_header = True
-
-    def initialize(self) -> None:
-        super().initialize()
-        self.cancel = Cancel()
 
     async def post(self) -> None:
         if self._finished:
@@ -65,10 +60,6 @@ class ChatCompletionsHandler(ApiHandler):
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None:
             stream.set_nodelay(True)
-
-    def on_connection_close(self) -> None:
-        self.cancel.cancel()
-        super().on_connection_close()
 
 
 routes = [

@@ -11,7 +11,6 @@ from tornado.iostream import StreamClosedError
 from handlers.base import ApiHandler
 from models.evaluation import parse_eval_request
 from utils.evaluation import EvalRun, format_csv_rows, make_cell_call, output_header
-from utils.upstream import Cancel
 
 
 class EvalHandler(ApiHandler):
@@ -23,7 +22,6 @@ class EvalHandler(ApiHandler):
 
     def initialize(self) -> None:
         super().initialize()
-        self.cancel = Cancel()
         self.run: EvalRun | None = None
 
     async def post(self) -> None:

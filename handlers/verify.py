@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler
 from models.verify import parse_verify_request
-from utils.upstream import Cancel
 from utils.verify import run_verify
 
 
@@ -14,10 +13,6 @@ class VerifyHandler(ApiHandler):
     route_name = "verify"
     accept_body = True
     machine_ip_header = True
-
-    def initialize(self) -> None:
-        super().initialize()
-        self.cancel = Cancel()
 
     async def post(self) -> None:
         if self._finished:
@@ -32,10 +27,6 @@ class VerifyHandler(ApiHandler):
             self.client_aborted = True
             return
         self.write_json(answer)
-
-    def on_connection_close(self) -> None:
-        self.cancel.cancel()
-        super().on_connection_close()
 
 
 routes = [

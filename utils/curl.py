@@ -65,6 +65,76 @@ class UpstreamCall:
         self.prepare_curl_callback = prepare
 
 
+class TransferRefused(Exception):
+    """Raised from ``prepare_curl_callback``: the caller gave up while the request waited for a slot."""
+
+
+class Transfer:
+    """The libcurl side of one request: lets it be aborted, paused and resumed.
+
+    Pass :meth:`prepare` as the request's ``prepare_curl_callback``. A transfer
+    is aborted from libcurl's progress callback and nudged with a pause/unpause,
+    so that it ends at once even when the server is silent; a request still
+    queued for a handle is refused before it reaches the server. ``owner`` is a
+    set the transfer belongs to while it runs (whoever may abort it).
+    """
+
+    __slots__ = ("curl", "aborted", "started", "done", "paused", "owner")
+
+    def __init__(self, owner: set[Transfer] | None = None) -> None:
+        self.curl: pycurl.Curl | None = None
+        self.aborted = False
+        self.started = False
+        self.done = False
+        self.paused = False
+        self.owner = owner
+        if owner is not None:
+            owner.add(self)
+
+    def prepare(self, curl: pycurl.Curl) -> None:
+        """``prepare_curl_callback``: runs when a handle is free."""
+        if self.aborted:
+            raise TransferRefused()
+        self.started = True
+        self.curl = curl
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+
+    def _progress(self, *_: int) -> int:
+        return 1 if self.aborted else 0
+
+    def _pause(self, how: int) -> None:
+        if self.curl is not None and not self.done:
+            try:
+                self.curl.pause(how)
+            except pycurl.error:
+                pass
+
+    def abort(self) -> None:
+        """Abort now: a queued request never starts, a running one ends at once."""
+        self.aborted = True
+        self._pause(pycurl.PAUSE_ALL)
+        self._pause(pycurl.PAUSE_CONT)
+
+    def pause(self) -> None:
+        """Stop reading from the server (backpressure)."""
+        if not self.paused:
+            self.paused = True
+            self._pause(pycurl.PAUSE_RECV)
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._pause(pycurl.PAUSE_CONT)
+
+    def finish(self) -> None:
+        """The request is over and its handle back in the pool: never touch it again."""
+        self.done = True
+        self.curl = None
+        if self.owner is not None:
+            self.owner.discard(self)
+
+
 def header_lines(headers: dict[str, str]) -> list[bytes]:
     """Request header lines as libcurl takes them, with its ``Expect``/``Pragma`` defaults off."""
     lines = []

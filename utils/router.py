@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import pycurl
 import ujson
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPRequest
 
 from config import Settings
 from utils import metrics
+from utils.curl import Transfer
 from utils.redact import Redactor, tail
 
 log = logging.getLogger("mira.router")
@@ -98,44 +98,6 @@ class Reply:
             return None
 
 
-class _Transfer:
-    """The libcurl side of one router call: it can be given up, queued or running.
-
-    The curl handles are pooled and shared with the upstream client, which
-    leaves its own progress callback on them, so every call sets its own.
-    """
-
-    def __init__(self) -> None:
-        self.curl: pycurl.Curl | None = None
-        self.started = False
-        self.aborted = False
-
-    def prepare(self, curl: pycurl.Curl) -> None:
-        """``prepare_curl_callback``: runs when a connection slot is free."""
-        if self.aborted:  # the caller stopped waiting: never send it
-            raise RuntimeError("router call given up while queued")
-        self.started = True
-        self.curl = curl
-        curl.setopt(pycurl.NOPROGRESS, 0)
-        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
-
-    def _progress(self, *_: int) -> int:
-        return 1 if self.aborted else 0
-
-    def abort(self) -> None:
-        """Give up now: a queued call never starts, a running one ends at once."""
-        self.aborted = True
-        if self.curl is not None:
-            try:  # a silent transfer only notices at its next progress call: nudge it
-                self.curl.pause(pycurl.PAUSE_ALL)
-                self.curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass
-
-    def finish(self) -> None:
-        self.curl = None  # back in the pool: never touch it again
-
-
 def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a fetch's outcome as seen, so a call given up on logs nothing."""
     if not future.cancelled():
@@ -169,7 +131,7 @@ class RouterClient:
         self._admin_token = settings.admin_api_token
         self._machine_token = settings.machine_api_token
         self._task: asyncio.Task[None] | None = None
-        self._transfers: set[_Transfer] = set()  # calls in flight
+        self._transfers: set[Transfer] = set()  # calls in flight
         self._failures = 0  # consecutive failed heartbeats
         self._last_failure_log = 0.0
         self.redact.add(self._admin_token)
@@ -203,7 +165,7 @@ class RouterClient:
             body = ujson.dumps(payload, escape_forward_slashes=False).encode()
         elif method == "POST":
             body = b""
-        transfer = _Transfer()
+        transfer = Transfer(self._transfers)
         request = HTTPRequest(
             url,
             method=method,
@@ -213,7 +175,6 @@ class RouterClient:
             request_timeout=timeout,
             prepare_curl_callback=transfer.prepare,
         )
-        self._transfers.add(transfer)
         # Never cancel tornado's future (it logs an error when its result comes late);
         # wait on it instead, and let a late result be read by nobody, quietly.
         future = self.http.fetch(request, raise_error=False)
@@ -234,7 +195,6 @@ class RouterClient:
             return Reply(599, error=self.redact(message))
         finally:
             transfer.finish()
-            self._transfers.discard(transfer)
         return Reply(response.code, response.body or b"")
 
     # -- registration ---------------------------------------------------------------------

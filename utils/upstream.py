@@ -31,7 +31,7 @@ from tornado.httpclient import HTTPResponse
 from config import Settings
 from models.errors import ApiError
 from utils import metrics
-from utils.curl import LeanCurlClient, UpstreamCall
+from utils.curl import LeanCurlClient, Transfer, TransferRefused, UpstreamCall
 from utils.providers import Target
 from utils.redact import Redactor
 
@@ -63,7 +63,7 @@ class Cancel:
     def __init__(self) -> None:
         self.cancelled = False
         self.reason = ""
-        self._transfers: set[_Transfer] = set()
+        self._transfers: set[Transfer] = set()
 
     def cancel(self, reason: str = "client disconnected") -> None:
         if self.cancelled:
@@ -110,75 +110,10 @@ class StreamResult:
     ttfb: float | None = None
 
 
-class _Transfer:
-    """The libcurl side of one attempt: lets it be aborted, paused, resumed."""
-
-    __slots__ = ("curl", "aborted", "started", "done", "cancel", "paused")
-
-    def __init__(self, cancel: Cancel | None) -> None:
-        self.curl: pycurl.Curl | None = None
-        self.aborted = False
-        self.started = False
-        self.done = False
-        self.paused = False
-        self.cancel = cancel
-        if cancel is not None:
-            cancel._transfers.add(self)
-
-    def prepare(self, curl: pycurl.Curl) -> None:
-        """``prepare_curl_callback``: runs when a pool slot is free."""
-        if self.aborted:
-            raise _Refused()
-        self.started = True
-        self.curl = curl
-        curl.setopt(pycurl.NOPROGRESS, 0)
-        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
-
-    def _progress(self, *_: int) -> int:
-        return 1 if self.aborted else 0
-
-    def abort(self) -> None:
-        """Abort now: a queued request never starts, a running one ends at once."""
-        self.aborted = True
-        curl = self.curl
-        if curl is not None and not self.done:
-            try:
-                curl.pause(pycurl.PAUSE_ALL)
-                curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass
-
-    def pause(self) -> None:
-        if self.curl is not None and not self.done and not self.paused:
-            self.paused = True
-            try:
-                self.curl.pause(pycurl.PAUSE_RECV)
-            except pycurl.error:
-                pass
-
-    def resume(self) -> None:
-        if self.curl is not None and not self.done and self.paused:
-            self.paused = False
-            try:
-                self.curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass
-
-    def finish(self) -> None:
-        self.done = True
-        self.curl = None
-        if self.cancel is not None:
-            self.cancel._transfers.discard(self)
-
-
-class _Refused(Exception):
-    """Raised in prepare_curl_callback to drop a request that waited for a slot in vain."""
-
-
 class _StreamState:
     """Per-attempt state of a stream: status, error body, client-side queue."""
 
-    def __init__(self, sink: StreamSink, transfer: _Transfer, result: StreamResult, started: float) -> None:
+    def __init__(self, sink: StreamSink, transfer: Transfer, result: StreamResult, started: float) -> None:
         self.sink = sink
         self.transfer = transfer
         self.result = result
@@ -297,7 +232,7 @@ class UpstreamClient:
         self,
         target: Target,
         body: bytes,
-        transfer: _Transfer,
+        transfer: Transfer,
         stream: _StreamState | None = None,
     ) -> UpstreamCall:
         s = self.settings
@@ -311,7 +246,7 @@ class UpstreamClient:
             target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare
         )
 
-    async def _attempt(self, call: UpstreamCall, transfer: _Transfer) -> HTTPResponse:
+    async def _attempt(self, call: UpstreamCall, transfer: Transfer) -> HTTPResponse:
         """Run one call; a transport failure comes back as a 599 response.
 
         A call that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
@@ -336,13 +271,13 @@ class UpstreamClient:
 
     # -- error mapping ---------------------------------------------------------------
 
-    def _transport_error(self, target: Target, response: HTTPResponse, transfer: _Transfer) -> ApiError:
+    def _transport_error(self, target: Target, response: HTTPResponse, transfer: Transfer, cancel: Cancel | None) -> ApiError:
         """An ApiError for an attempt that got no HTTP answer (code 599)."""
         err = response.error
         errno = getattr(err, "errno", None)
-        if transfer.cancel is not None and transfer.cancel.cancelled:
+        if cancel is not None and cancel.cancelled:
             return ApiError(499, "Client closed the request", type="client_closed")
-        if isinstance(err, _Refused) or transfer.aborted:
+        if isinstance(err, TransferRefused) or transfer.aborted:
             return ApiError(503, "Upstream request was abandoned", headers={"Retry-After": "1"})
         if errno == pycurl.E_OPERATION_TIMEDOUT:
             return ApiError(504, f"{target.provider} API did not answer in time", code="upstream_timeout")
@@ -397,7 +332,7 @@ class UpstreamClient:
         retries = self.settings.upstream_retries
         attempt = 0
         while True:
-            transfer = _Transfer(cancel)
+            transfer = Transfer(cancel._transfers if cancel is not None else None)
             started = time.monotonic()
             try:
                 response = await self._attempt(self._request(target, body, transfer), transfer)
@@ -406,7 +341,7 @@ class UpstreamClient:
                 raise exc
             status = response.code
             if status == 599:
-                error = self._transport_error(target, response, transfer)
+                error = self._transport_error(target, response, transfer, cancel)
                 outcome = "cancelled" if error.status == 499 else "error"
                 metrics.upstream_call(target.label, outcome, time.monotonic() - started)
                 retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
@@ -451,7 +386,7 @@ class UpstreamClient:
         result = StreamResult()
         attempt = 0
         while True:
-            transfer = _Transfer(cancel)
+            transfer = Transfer(cancel._transfers if cancel is not None else None)
             started = time.monotonic()
             state = _StreamState(sink, transfer, result, started)
             try:
@@ -469,12 +404,12 @@ class UpstreamClient:
                     result.outcome = "client_aborted"
                 elif response.code == 599:
                     result.outcome = "upstream_failed"
-                    result.error = self._mid_stream_error(target, response, transfer)
+                    result.error = self._mid_stream_error(target, response, transfer, cancel)
                 outcome = "error" if result.outcome == "upstream_failed" else str(result.status)
                 metrics.upstream_call(target.label, outcome, elapsed)
                 return result
             if response.code == 599:
-                error = self._transport_error(target, response, transfer)
+                error = self._transport_error(target, response, transfer, cancel)
                 metrics.upstream_call(target.label, "cancelled" if error.status == 499 else "error", elapsed)
                 retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
                 retry_after = None
@@ -499,12 +434,12 @@ class UpstreamClient:
             if cancel is not None and cancel.cancelled:
                 raise ApiError(499, "Client closed the request", type="client_closed")
 
-    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: _Transfer) -> ApiError:
+    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: Transfer, cancel: Cancel | None) -> ApiError:
         errno = getattr(response.error, "errno", None)
         if errno == pycurl.E_OPERATION_TIMEDOUT:
             silence = f"{max(1, round(self.settings.upstream_timeout))}s"
             return ApiError(504, f"{target.provider} API went silent for more than {silence} mid-stream", code="upstream_timeout")
-        error = self._transport_error(target, response, transfer)
+        error = self._transport_error(target, response, transfer, cancel)
         error.message = f"Stream from {target.provider} API ended early: " + error.message
         return error
 
