@@ -1,8 +1,9 @@
 """A fake Mira router for the test suite: machine registration and liveness.
 
-It runs a Tornado ``HTTPServer`` on its own event loop in a background
-thread, bound to a free loopback port, and records every call (method, path,
-``Authorization`` header, JSON body, arrival and end times)::
+It is a :class:`tests.loopback_server.LoopbackServer` (a Tornado ``HTTPServer``
+on its own event loop in a background thread, bound to a free loopback port)
+and records every call (method, path, ``Authorization`` header, JSON body,
+arrival and end times)::
 
     router = FakeRouter().start()
     router.add_machine("10.0.0.7", "node-seven", tokens=["mt-existing"])
@@ -27,23 +28,18 @@ leaves).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import dataclasses
 import itertools
 import json
-import socket
-import threading
 import time
-from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
 
+from tests.loopback_server import LoopbackServer, json_or_none
+
 ADMIN_TOKEN = "adm-SECRET-router-0001"
-_STOP_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass
@@ -68,63 +64,20 @@ class Call:
         return self.finished_at is None and self.closed_at is None
 
 
-class FakeRouter:
+class FakeRouter(LoopbackServer):
     """The router's admin and liveness API, served from a background thread."""
 
+    thread_name = "fake-router"
+
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.RLock())
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.port = 0
+        """Create a stopped fake with no machines; call :meth:`start` to serve."""
+        super().__init__()
         self.reset()
 
-    # ---- life cycle -------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """ROUTER_BASE_URL for this fake, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Self:
-        """Bind a free loopback port, serve in a thread, return when ready."""
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        self.port = sockets[0].getsockname()[1]
-        self._thread = threading.Thread(target=self._run, args=(sockets,), name=f"fake-router-{self.port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(_STOP_TIMEOUT):
-            raise RuntimeError("FakeRouter did not start")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close every connection, join the thread."""
-        loop, event = self._loop, self._stop_event
-        if self._thread is None:
-            return
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-        self._thread.join(_STOP_TIMEOUT)
-        self._thread = None
-
-    def _run(self, sockets: list[socket.socket]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(sockets))
-        finally:
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-            asyncio.set_event_loop(None)
-
-    async def _serve(self, sockets: list[socket.socket]) -> None:
-        self._stop_event = asyncio.Event()
+    def make_app(self) -> tornado.web.Application:
+        """The admin and liveness endpoints; 404 (after the checks) elsewhere."""
         args = {"router": self}
-        app = tornado.web.Application(
+        return tornado.web.Application(
             [
                 (r"/admin/machines/register", _RegisterHandler, args),
                 (r"/admin/machines/([^/]+)/auth-tokens", _TokensHandler, args),
@@ -135,13 +88,6 @@ class FakeRouter:
             default_handler_args=args,
             log_function=lambda handler: None,  # quiet: the calls are recorded instead
         )
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(sockets)
-        self._ready.set()
-        await self._stop_event.wait()
-        server.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.close_all_connections(), _STOP_TIMEOUT)
 
     # ---- configuration ----------------------------------------------------
 
@@ -191,22 +137,6 @@ class FakeRouter:
         with self._cond:
             return sum(1 for c in self._calls if c.open)
 
-    def wait_for(self, predicate: Callable[[FakeRouter], bool], timeout: float = 5.0) -> bool:
-        """Block until ``predicate(self)`` holds (re-checked on every change) or ``timeout``."""
-
-        def check() -> bool:
-            try:
-                return bool(predicate(self))
-            except LookupError:
-                return False
-
-        with self._cond:
-            return self._cond.wait_for(check, timeout)
-
-    async def await_for(self, predicate: Callable[[FakeRouter], bool], timeout: float = 5.0) -> bool:
-        """Awaitable :meth:`wait_for`, for a test running its own event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.wait_for, predicate, timeout)
-
     # ---- called from the handlers (router thread) ---------------------------
 
     def _record(self, call: Call) -> bool:
@@ -242,15 +172,11 @@ class _Handler(tornado.web.RequestHandler):
         self.gone = asyncio.Event()
 
     async def prepare(self) -> None:
-        try:
-            body = json.loads(self.request.body) if self.request.body else None
-        except ValueError:
-            body = None
         self.call = Call(
             method=self.request.method or "",
             path=self.request.path,
             authorization=self.request.headers.get("Authorization", ""),
-            json=body,
+            json=json_or_none(self.request),
             received_at=time.monotonic(),
         )
         fail = self.router._record(self.call)

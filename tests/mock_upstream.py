@@ -1,8 +1,9 @@
 """An OpenAI-compatible mock upstream (a fake LLM provider) for the test suite.
 
-The mock runs a Tornado ``HTTPServer`` on its own asyncio event loop in a
-background thread, bound to a free loopback port, so tests whose own loop is
-busy, or that use synchronous clients, can never deadlock it::
+The mock is a :class:`tests.loopback_server.LoopbackServer`: a Tornado
+``HTTPServer`` on its own asyncio event loop in a background thread, bound to
+a free loopback port, so tests whose own loop is busy, or that use synchronous
+clients, can never deadlock it::
 
     up = MockUpstream()
     up.start()
@@ -25,19 +26,16 @@ import copy
 import dataclasses
 import json
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
-import tornado.httpserver
 import tornado.iostream
-import tornado.netutil
 import tornado.web
 
+from tests.loopback_server import LoopbackServer, json_or_none
+
 MODEL_ID = "mock-model"
-_STOP_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass
@@ -144,12 +142,15 @@ def _chunk(base: dict, delta: dict, finish_reason: str | None) -> dict[str, Any]
     }
 
 
-class MockUpstream:
+class MockUpstream(LoopbackServer):
     """A fake OpenAI-compatible provider serving from a background thread."""
+
+    thread_name = "mock-upstream"
+    url_path = "/v1"
 
     def __init__(self) -> None:
         """Create a stopped mock; call :meth:`start` to serve."""
-        self._cond = threading.Condition(threading.RLock())
+        super().__init__()
         self._records: list[Recorded] = []
         self._by_model: dict[str, Behavior] = {}
         self._queue: collections.deque[Behavior] = collections.deque()
@@ -157,85 +158,10 @@ class MockUpstream:
         self._in_flight = 0
         self._max_in_flight = 0
         self._ids = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._serving = False
-        self.port = 0
 
-    # ---- life cycle -------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL of the mock, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> Self:
-        """Bind ``host:port`` (a free port by default), serve, return when ready."""
-        if self._thread is not None:
-            raise RuntimeError("MockUpstream already started")
-        sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_INET)
-        self.port = sockets[0].getsockname()[1]
-        self._ready.clear()
-        self._serving = False
-        self._loop = self._stop_event = None
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(sockets,),
-            name=f"mock-upstream-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        self._ready.wait(_STOP_TIMEOUT)
-        if not self._serving:
-            self.stop()
-            for sock in sockets:
-                sock.close()
-            raise RuntimeError("MockUpstream failed to start")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close every connection and join the thread (bounded)."""
-        thread, loop, event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(event.set)
-        thread.join(_STOP_TIMEOUT)
-        self._thread = None
-        self._serving = False
-
-    def __enter__(self) -> Self:
-        """Start the mock as a context manager."""
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop the mock at the end of a ``with`` block."""
-        self.stop()
-
-    def _run(self, sockets: list[socket.socket]) -> None:
-        """Thread body: run the server on a fresh event loop until stopped."""
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(sockets))
-        finally:
-            self._ready.set()  # start() sees self._serving still False on failure
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-            asyncio.set_event_loop(None)
-
-    async def _serve(self, sockets: list[socket.socket]) -> None:
-        """Serve until told to stop, then close the listener and all connections."""
-        self._stop_event = asyncio.Event()
-        app = tornado.web.Application(
+    def make_app(self) -> tornado.web.Application:
+        """The chat completions and models endpoints; OpenAI-shaped 404 elsewhere."""
+        return tornado.web.Application(
             [
                 (r"/(?:v1/)?chat/completions", _ChatHandler, {"mock": self}),
                 (r"/(?:v1/)?models", _ModelsHandler, {"mock": self}),
@@ -243,14 +169,6 @@ class MockUpstream:
             default_handler_class=_NotFoundHandler,
             default_handler_args={"mock": self},
         )
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(sockets)
-        self._serving = True
-        self._ready.set()
-        await self._stop_event.wait()
-        server.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.close_all_connections(), _STOP_TIMEOUT)
 
     # ---- configuration ----------------------------------------------------
 
@@ -327,32 +245,6 @@ class MockUpstream:
         with self._cond:
             return self._max_in_flight
 
-    def wait_for(
-        self, predicate: Callable[[MockUpstream], bool], timeout: float = 5.0
-    ) -> bool:
-        """Block until ``predicate(self)`` holds or ``timeout`` passes; return it.
-
-        The predicate is re-checked on every change to the records; an
-        ``IndexError`` or ``KeyError`` from it (``u.requests[0]`` before any
-        request arrived) counts as false.
-        """
-
-        def check() -> bool:
-            try:
-                return bool(predicate(self))
-            except LookupError:
-                return False
-
-        with self._cond:
-            return self._cond.wait_for(check, timeout)
-
-    async def await_for(
-        self, predicate: Callable[[MockUpstream], bool], timeout: float = 5.0
-    ) -> bool:
-        """Awaitable :meth:`wait_for` for another event loop (runs in an executor)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.wait_for, predicate, timeout)
-
     # ---- called from handlers (mock thread) -------------------------------
 
     def _begin(self, record: Recorded) -> None:
@@ -399,16 +291,12 @@ class _BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         """Record the request as soon as its body has arrived."""
-        try:
-            parsed = json.loads(self.request.body) if self.request.body else None
-        except ValueError:
-            parsed = None
         self.record = Recorded(
             method=self.request.method or "",
             path=self.request.path,
             headers={k.lower(): v for k, v in self.request.headers.get_all()},
             body=self.request.body,
-            json=parsed,
+            json=json_or_none(self.request),
             received_at=time.monotonic(),
         )
         self.mock._begin(self.record)
@@ -423,6 +311,11 @@ class _BaseHandler(tornado.web.RequestHandler):
         """The client went away before the answer was complete."""
         self.client_gone.set()
         self._end(finished=False)
+
+    def finish(self, chunk: Any = None) -> Any:
+        """Record the answer as finished before its last bytes go out, so no client sees it first."""
+        self._end(finished=True)
+        return super().finish(chunk)
 
     def on_finish(self) -> None:
         """The answer is complete (or was deliberately cut off)."""
