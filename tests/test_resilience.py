@@ -127,7 +127,7 @@ async def test_no_retry_once_a_byte_reached_the_client(node_url, upstream):
 # -- timeouts -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.node_env(UPSTREAM_TIMEOUT="1", UPSTREAM_RETRIES="0")
+@pytest.mark.node_env(UPSTREAM_TIMEOUT="0.3", UPSTREAM_RETRIES="0")
 async def test_stream_silent_before_its_first_byte_is_504(node_url, upstream):
     upstream.default = Behavior(hang=True)
     response = await post(node_url + "/v1/chat/completions", chat_body(stream=True))
@@ -136,7 +136,7 @@ async def test_stream_silent_before_its_first_byte_is_504(node_url, upstream):
     assert error_of(response)["code"] == "upstream_timeout"
 
 
-@pytest.mark.node_env(UPSTREAM_TIMEOUT="1", UPSTREAM_RETRIES="2")
+@pytest.mark.node_env(UPSTREAM_TIMEOUT="0.3", UPSTREAM_RETRIES="2")
 async def test_stream_silent_mid_way_ends_with_an_error_event(node_url, upstream):
     upstream.default = Behavior(chunks=5, hang_after_chunks=1)
     response = await post(node_url + "/v1/chat/completions", chat_body(stream=True))
@@ -150,10 +150,10 @@ async def test_stream_silent_mid_way_ends_with_an_error_event(node_url, upstream
     assert await upstream.await_for(lambda u: u.requests[0].closed_at is not None)
 
 
-@pytest.mark.node_env(UPSTREAM_TIMEOUT="1")
+@pytest.mark.node_env(UPSTREAM_TIMEOUT="0.3")
 async def test_a_long_live_stream_outlasts_the_timeout(node_url, upstream):
-    # 1.5 s of stream with 0.1 s gaps: UPSTREAM_TIMEOUT bounds silence, not length
-    upstream.default = Behavior(chunks=15, chunk_delay=0.1)
+    # 1.2 s of stream with 0.1 s gaps: UPSTREAM_TIMEOUT bounds silence, not length
+    upstream.default = Behavior(chunks=12, chunk_delay=0.1)
     response = await post(node_url + "/v1/chat/completions", chat_body(stream=True))
     assert response.code == 200
     assert response.body.endswith(b"data: [DONE]\n\n")
@@ -323,3 +323,25 @@ async def test_no_secret_reaches_a_response_or_a_log(node_url, upstream, caplog)
         for body in bodies:
             assert secret.encode() not in body
     assert "[redacted]" in b"".join(bodies).decode()
+
+
+@pytest.mark.node_env(UPSTREAM_TIMEOUT="0.3")
+async def test_time_paused_for_a_slow_reader_is_not_upstream_silence(node_url, http_port, upstream):
+    """The client stops reading for longer than UPSTREAM_TIMEOUT: the node pauses the upstream, and resumes."""
+    upstream.default = Behavior(chunks=64, chunk_padding=256 * 1024)  # 16 MB: far more than socket buffers hold
+    client = RawClient(http_port)
+    await client.send("/v1/chat/completions", chat_body(stream=True))
+    head = await client.read_head()
+    assert head.status == 200
+    # not reading: wait until the upstream has stopped being able to send (the node paused it) ...
+    assert not await upstream.await_for(lambda u: u.requests[0].finished_at is not None, timeout=1.0)
+    # ... then read everything: no silence error, the whole stream arrives
+    total, tail = 0, b""
+    while data := await client.read_some(head):
+        total += len(data)
+        tail = (tail + data)[-64:]
+        head.reads.clear()
+    client.close()
+    assert total > 16 * 1024 * 1024
+    assert b"data: [DONE]" in tail
+    assert b"upstream_timeout" not in tail

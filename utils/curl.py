@@ -39,7 +39,6 @@ class UpstreamCall:
         "header_lines",
         "connect_timeout_ms",
         "timeout_ms",
-        "low_speed_time",
         "streaming_callback",
         "prepare_curl_callback",
     )
@@ -53,14 +52,12 @@ class UpstreamCall:
         timeout: float,
         prepare: Callable[[pycurl.Curl], None],
         streaming_callback: Callable[[bytes], None] | None = None,
-        low_speed_time: int = 0,
     ) -> None:
         self.url = url
         self.body = body
         self.header_lines = header_lines
         self.connect_timeout_ms = int(connect_timeout * 1000)
         self.timeout_ms = int(timeout * 1000)  # 0: no cap on the whole transfer
-        self.low_speed_time = low_speed_time  # seconds of silence that end a transfer (0: off)
         self.streaming_callback = streaming_callback
         self.prepare_curl_callback = prepare
 
@@ -186,9 +183,6 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         setopt(pycurl.CONNECTTIMEOUT_MS, request.connect_timeout_ms)
         if request.timeout_ms:
             setopt(pycurl.TIMEOUT_MS, request.timeout_ms)
-        if request.low_speed_time:
-            setopt(pycurl.LOW_SPEED_LIMIT, 1)
-            setopt(pycurl.LOW_SPEED_TIME, request.low_speed_time)
         setopt(pycurl.POSTFIELDS, request.body)
         # The body goes from POSTFIELDS; libcurl's 64 KB upload buffer per handle is
         # memory held for nothing by every open stream (about 30 KB a stream saved).

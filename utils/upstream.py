@@ -119,6 +119,9 @@ class _StreamState:
         self.result = result
         self.started = started
         self.status = 0
+        self.last_activity = started  # monotonic time of the upstream's last byte (or of the start)
+        self.silent = False  # ended by the silence watchdog
+        self.timer: asyncio.TimerHandle | None = None
         self.error_body = bytearray()
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -127,6 +130,7 @@ class _StreamState:
         self.flush_done: asyncio.Future[None] | None = None
 
     def on_chunk(self, chunk: bytes) -> None:
+        self.last_activity = time.monotonic()
         if not self.status:
             # The status is read from the handle, not from header callbacks: Tornado
             # delivers a fast response's last chunks before its queued header lines.
@@ -173,8 +177,9 @@ class _StreamState:
         if self.pending:
             self._flush()
         else:
-            if self.pending_bytes < LOW_WATER:
+            if self.pending_bytes < LOW_WATER and self.transfer.paused:
                 self.transfer.resume()
+                self.last_activity = time.monotonic()  # time paused by us is not the upstream's silence
             if self.flush_done is not None and not self.flush_done.done():
                 self.flush_done.set_result(None)
 
@@ -184,6 +189,30 @@ class _StreamState:
         self.transfer.abort()
         if self.flush_done is not None and not self.flush_done.done():
             self.flush_done.set_result(None)
+
+    def watch_silence(self, timeout: float) -> asyncio.TimerHandle:
+        """Abort the transfer once the upstream has sent nothing for ``timeout`` seconds.
+
+        One timer per stream, re-armed from the last byte's time when it fires:
+        a chunk costs only a clock read. Time spent waiting for a pool slot, or
+        paused because the client reads slowly, is not silence.
+        """
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if self.transfer.done:
+                return
+            idle = time.monotonic() - self.last_activity
+            if not self.transfer.started or self.transfer.paused:
+                self.timer = loop.call_later(timeout, check)
+            elif idle < timeout:
+                self.timer = loop.call_later(timeout - idle, check)
+            else:
+                self.silent = True
+                self.transfer.abort()
+
+        self.timer = loop.call_later(timeout, check)
+        return self.timer
 
     async def drained(self) -> None:
         """Wait until everything written so far has been flushed to the client."""
@@ -237,10 +266,10 @@ class UpstreamClient:
     ) -> UpstreamCall:
         s = self.settings
         if stream is not None:
-            # No cap on a live stream; the longest silence is bounded by libcurl's low-speed limit.
+            # No cap on a live stream; the longest silence is bounded by the stream's watchdog.
             return UpstreamCall(
                 target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer.prepare,
-                streaming_callback=stream.on_chunk, low_speed_time=max(1, round(s.upstream_timeout)),
+                streaming_callback=stream.on_chunk,
             )
         return UpstreamCall(
             target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare
@@ -389,11 +418,15 @@ class UpstreamClient:
             transfer = Transfer(cancel._transfers if cancel is not None else None)
             started = time.monotonic()
             state = _StreamState(sink, transfer, result, started)
+            state.watch_silence(self.settings.upstream_timeout)
             try:
                 response = await self._attempt(self._request(target, body, transfer, state), transfer)
             except ApiError:
                 metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
                 raise
+            finally:
+                if state.timer is not None:
+                    state.timer.cancel()
             # the streaming buffer has delivered every chunk by now; let them reach the client
             await state.drained()
             result.retries = attempt
@@ -404,14 +437,17 @@ class UpstreamClient:
                     result.outcome = "client_aborted"
                 elif response.code == 599:
                     result.outcome = "upstream_failed"
-                    result.error = self._mid_stream_error(target, response, transfer, cancel)
+                    result.error = self._mid_stream_error(target, response, transfer, cancel, state.silent)
                 outcome = "error" if result.outcome == "upstream_failed" else str(result.status)
                 metrics.upstream_call(target.label, outcome, elapsed)
                 return result
             if response.code == 599:
-                error = self._transport_error(target, response, transfer, cancel)
+                if state.silent and not (cancel is not None and cancel.cancelled):
+                    error = ApiError(504, f"{target.provider} API did not answer in time", code="upstream_timeout")
+                else:
+                    error = self._transport_error(target, response, transfer, cancel)
                 metrics.upstream_call(target.label, "cancelled" if error.status == 499 else "error", elapsed)
-                retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
+                retryable = not state.silent and getattr(response.error, "errno", None) in RETRY_ERRORS
                 retry_after = None
             elif 200 <= response.code < 300:
                 # an empty 2xx stream: nothing to relay, nothing went wrong
@@ -434,10 +470,11 @@ class UpstreamClient:
             if cancel is not None and cancel.cancelled:
                 raise ApiError(499, "Client closed the request", type="client_closed")
 
-    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: Transfer, cancel: Cancel | None) -> ApiError:
-        errno = getattr(response.error, "errno", None)
-        if errno == pycurl.E_OPERATION_TIMEDOUT:
-            silence = f"{max(1, round(self.settings.upstream_timeout))}s"
+    def _mid_stream_error(
+        self, target: Target, response: HTTPResponse, transfer: Transfer, cancel: Cancel | None, silent: bool
+    ) -> ApiError:
+        if silent:
+            silence = f"{self.settings.upstream_timeout:g}s"
             return ApiError(504, f"{target.provider} API went silent for more than {silence} mid-stream", code="upstream_timeout")
         error = self._transport_error(target, response, transfer, cancel)
         error.message = f"Stream from {target.provider} API ended early: " + error.message
