@@ -19,6 +19,7 @@ import ujson
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
+from models.jsonbody import json_bytes
 from utils.context import NodeContext
 from utils.metrics import IN_FLIGHT
 from utils.upstream import Cancel
@@ -189,7 +190,7 @@ class BaseHandler(RequestHandler):
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False))
+        self.finish(json_bytes(data))
 
 
 class ApiHandler(BaseHandler):

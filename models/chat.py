@@ -130,11 +130,20 @@ def parse_custom_provider(value: Any, allowed: bool) -> CustomProvider | None:
     return CustomProvider(base_url=base_url.strip().rstrip("/"), api_key=api_key, provider_name=name)
 
 
+def is_unicode(text: str) -> bool:
+    """False when ``text`` holds a lone surrogate (legal as a JSON escape, not as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def split_model(model: Any, providers: Collection[str], param: str = "model") -> tuple[str, str]:
     """``"openrouter/a/b"`` → ``("openrouter", "a/b")``; 400 when it cannot be routed."""
     if model is None or model == "":
         raise bad_request(f"'{param}' is required", param=param)
-    if not isinstance(model, str):
+    if not isinstance(model, str) or not is_unicode(model):
         raise bad_request(f"'{param}' must be a string", param=param)
     provider, sep, name = model.partition("/")
     if not sep or not provider or not name:

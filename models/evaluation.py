@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from models.chat import check_type, parse_custom_provider, parse_json_object
+from models.chat import check_type, is_unicode, parse_custom_provider, parse_json_object
 from models.errors import bad_request
 from models.verify import ModelRef, resolve_models
 
@@ -41,6 +41,8 @@ class EvalRequest:
 
 def parse_csv_table(text: str, max_rows: int) -> CsvTable:
     """Parse and check the eval CSV; raise :class:`ApiError` (400) naming the first bad line."""
+    if not is_unicode(text):
+        raise bad_request("CSV contains a lone surrogate escape (\\ud800-\\udfff): it is not valid Unicode text", param="csv")
     if text.startswith("\ufeff"):
         text = text[1:]
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)

@@ -17,6 +17,7 @@ from models.chat import (
     CustomProvider,
     check_messages,
     check_type,
+    is_unicode,
     parse_custom_provider,
     parse_json_object,
     split_model,
@@ -53,7 +54,7 @@ class ModelRef:
 def resolve_model(value: Any, providers: Collection[str], custom: CustomProvider | None, param: str) -> ModelRef:
     """Validate one model id; with a custom provider it is sent as is."""
     if custom is not None:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or not is_unicode(value):
             raise bad_request(f"'{param}' must be a non-empty string", param=param)
         return ModelRef(id=value, provider=custom.provider_name, name=value, custom=custom)
     provider, name = split_model(value, providers, param=param)

@@ -128,6 +128,13 @@ async def test_every_field_reaches_the_upstream_unchanged(node_url, upstream):
     assert sent == {"model": "gpt-4o", "messages": messages, **extra}
 
 
+async def test_a_lone_surrogate_in_a_string_is_passed_on_escaped(node_url, upstream):
+    raw = b'{"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "odd \\ud800 text"}]}'
+    response = await post(node_url + "/v1/chat/completions", raw)
+    assert response.code == 200, response.body
+    assert upstream.requests[0].json["messages"][0]["content"] == "odd \ud800 text"
+
+
 async def test_openrouter_model_keeps_its_slashes(node_url, upstream):
     response = await post(node_url + "/v1/chat/completions", chat_body("openrouter/anthropic/claude-3.5-sonnet"))
     assert response.code == 200

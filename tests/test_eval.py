@@ -172,3 +172,12 @@ async def test_client_disconnect_stops_new_calls_and_aborts_running_ones(node_ur
     later = await run_eval(node_url, [["q"], ["x"]], ["openai/sync"])
     assert from_csv(later.body)[1] == ["x", "yes"]
     assert [r.json["model"] for r in upstream.requests] == ["m", "m", "m", "m", "sync"]
+
+
+@pytest.mark.gen_test
+async def test_csv_with_a_lone_surrogate_is_a_400_before_any_call(node_url, upstream):
+    raw = b'{"csv": "q\\ud800,a\\nx,y\\n", "models": ["openai/m"], "eval_system_prompt": "s"}'
+    response = await post(node_url + "/v1/eval", raw)
+    assert response.code == 400
+    assert "surrogate" in error_of(response)["message"]
+    assert upstream.requests == []

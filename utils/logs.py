@@ -36,7 +36,10 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             data["exception"] = record.exc_text
-        return ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, default=str)
+        try:
+            return ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, default=str)
+        except UnicodeEncodeError:  # a lone surrogate somewhere: escape it
+            return ujson.dumps(data, escape_forward_slashes=False, default=str)
 
 
 def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import ujson
-
 from config import Settings
 from models.chat import ChatRequest
+from models.jsonbody import json_bytes
 from utils.curl import header_lines
 
 
@@ -68,4 +67,4 @@ class ProviderRegistry:
             and "provider" not in body
         ):
             body = dict(body, provider={"ignore": self._openrouter_ignore})
-        return ujson.dumps(body, ensure_ascii=False, escape_forward_slashes=False).encode()
+        return json_bytes(body)

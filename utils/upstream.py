@@ -30,6 +30,7 @@ from tornado.httpclient import HTTPResponse
 
 from config import Settings
 from models.errors import ApiError
+from models.jsonbody import json_bytes
 from utils import metrics
 from utils.curl import LeanCurlClient, Transfer, TransferRefused, UpstreamCall
 from utils.providers import Target
@@ -396,7 +397,7 @@ class UpstreamClient:
 
     async def complete_json(self, target: Target, payload: dict[str, Any], cancel: Cancel | None = None) -> Any:
         """:meth:`complete` for internal callers (verify, eval): JSON in, parsed JSON out."""
-        body = ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False).encode()
+        body = json_bytes(payload)
         response = await self.complete(target, body, cancel)
         try:
             return ujson.loads(response.body)
