@@ -20,8 +20,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pycurl
@@ -237,7 +237,6 @@ class UpstreamClient:
             max_clients=settings.upstream_max_connections,
             max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped in utils.curl
         )
-        self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
     def idle(self) -> bool:
         """No transfer running or waiting for a slot."""
@@ -355,6 +354,20 @@ class UpstreamClient:
         base = self.settings.retry_backoff * (2**attempt)
         return base * (0.5 + random.random() / 2)
 
+    async def _wait_to_retry(
+        self, target: Target, attempt: int, error: ApiError, retry_after: str | None, cancel: Cancel | None
+    ) -> None:
+        """Back off before retry number ``attempt``; raise ``error`` instead if the client has gone."""
+        if cancel is not None and cancel.cancelled:
+            raise error
+        delay = self._backoff(attempt - 1, retry_after)
+        metrics.upstream_retry(target.label)
+        log.info("retrying %s API (retry %d of %d) after %s in %.2fs",
+                 target.provider, attempt, self.settings.upstream_retries, error.status, delay)
+        await asyncio.sleep(delay)
+        if cancel is not None and cancel.cancelled:
+            raise ApiError(499, "Client closed the request", type="client_closed")
+
     # -- public calls -------------------------------------------------------------------
 
     async def complete(self, target: Target, body: bytes, cancel: Cancel | None = None) -> UpstreamResponse:
@@ -384,16 +397,10 @@ class UpstreamClient:
                 retry_after = response.headers.get("Retry-After")
                 error = self.status_error(target, status, response.body or b"", retry_after)
                 retryable = status in RETRY_STATUSES
-            if not retryable or attempt >= retries or (cancel is not None and cancel.cancelled):
+            if not retryable or attempt >= retries:
                 raise error
-            delay = self._backoff(attempt, retry_after)
             attempt += 1
-            metrics.upstream_retry(target.label)
-            log.info("retrying %s API (attempt %d of %d) after %s in %.2fs",
-                     target.provider, attempt, retries, error.status, delay)
-            await self._sleep(delay)
-            if cancel is not None and cancel.cancelled:
-                raise ApiError(499, "Client closed the request", type="client_closed")
+            await self._wait_to_retry(target, attempt, error, retry_after, cancel)
 
     async def complete_json(self, target: Target, payload: dict[str, Any], cancel: Cancel | None = None) -> Any:
         """:meth:`complete` for internal callers (verify, eval): JSON in, parsed JSON out."""
@@ -460,16 +467,10 @@ class UpstreamClient:
                 retry_after = response.headers.get("Retry-After")
                 error = self.status_error(target, response.code, bytes(state.error_body), retry_after)
                 retryable = response.code in RETRY_STATUSES
-            if not retryable or attempt >= retries or (cancel is not None and cancel.cancelled):
+            if not retryable or attempt >= retries:
                 raise error
-            delay = self._backoff(attempt, retry_after)
             attempt += 1
-            metrics.upstream_retry(target.label)
-            log.info("retrying %s API stream (attempt %d of %d) after %s in %.2fs",
-                     target.provider, attempt, retries, error.status, delay)
-            await self._sleep(delay)
-            if cancel is not None and cancel.cancelled:
-                raise ApiError(499, "Client closed the request", type="client_closed")
+            await self._wait_to_retry(target, attempt, error, retry_after, cancel)
 
     def _mid_stream_error(
         self, target: Target, response: HTTPResponse, transfer: Transfer, cancel: Cancel | None, silent: bool
@@ -480,14 +481,3 @@ class UpstreamClient:
         error = self._transport_error(target, response, transfer, cancel)
         error.message = f"Stream from {target.provider} API ended early: " + error.message
         return error
-
-
-@dataclass
-class CallStats:
-    """Counters a handler may keep for its access log line."""
-
-    provider: str = ""
-    upstream_status: int | None = None
-    stream_bytes: int = 0
-    client_aborted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
