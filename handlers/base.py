@@ -100,7 +100,6 @@ class BaseHandler(RequestHandler):
             except ValueError:
                 raise ApiError(400, "Invalid Content-Length header") from None
             if size > limit:
-                self.set_header("Connection", "close")
                 raise ApiError(413, f"Request body is larger than the limit of {limit} bytes", code="request_too_large")
         # Tornado would answer a chunked body over its own limit with a bare 400;
         # lift it and count in data_received, which answers 413.
@@ -112,7 +111,6 @@ class BaseHandler(RequestHandler):
         self._body_size += len(chunk)
         if self._body_size > self.ctx.settings.max_body_size:
             self._chunks.clear()
-            self.set_header("Connection", "close")
             self.send_error(413, exc_info=(ApiError, ApiError(413, "Request body is too large", code="request_too_large"), None))
             return
         if self.accept_body:
@@ -148,9 +146,12 @@ class BaseHandler(RequestHandler):
             error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
         self.clear_header("Content-Type")
         self.set_header("Content-Type", "application/json")
-        self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
-        if self._headers.get("Connection") == "close":
-            self.request.connection.stream.io_loop.add_callback(self._close_connection)
+        if error.status == 413:
+            # The rest of the body is not worth reading: answer, then close the connection.
+            self.set_header("Connection", "close")
+        future = self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
+        if error.status == 413:
+            future.add_done_callback(lambda _: self._close_connection())
 
     @classmethod
     def allowed_methods(cls) -> list[str]:

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import ujson
+from tornado.iostream import IOStream
 
 from tests.conftest import SECRETS
 from tests.helpers import RawClient, chat_body, error_of, get, post, sse_events
@@ -345,3 +346,20 @@ async def test_time_paused_for_a_slow_reader_is_not_upstream_silence(node_url, h
     assert total > 16 * 1024 * 1024
     assert b"data: [DONE]" in tail
     assert b"upstream_timeout" not in tail
+
+
+@pytest.mark.node_env(MAX_BODY_SIZE="2000")
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_413_closes_the_connection_instead_of_reading_the_rest(node_url, http_port, upstream, framing):
+    stream = IOStream(socket.socket())
+    await stream.connect(("127.0.0.1", http_port))
+    if framing == "chunked":
+        head = b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (3000, b"x" * 3000)
+    else:
+        head = b"Content-Length: 1000000000\r\n\r\n" + b"x" * 3000
+    await stream.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: node\r\n" + head)
+    response = await stream.read_until_close()  # ends: the node closed the connection
+    assert response.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" in response
+    assert b'"request_too_large"' in response
+    assert upstream.requests == []
