@@ -86,6 +86,19 @@ class BaseHandler(RequestHandler):
         self.set_header("Access-Control-Max-Age", "86400")
         self.finish()
 
+    def finish(self, chunk: Any = None) -> Any:
+        """Finish the response; while draining, close its connection once it is sent.
+
+        Clients then open their next request elsewhere instead of on a node
+        that is going away (new connections are already refused).
+        """
+        if self.ctx.draining and not self._headers_written:
+            self.set_header("Connection", "close")
+        future = super().finish(chunk)
+        if self.ctx.draining:
+            future.add_done_callback(lambda _: self._close_connection())
+        return future
+
     def compute_etag(self) -> None:
         return None  # API answers are not cached; skip hashing every body
 

@@ -15,8 +15,8 @@ from tests.helpers import chat_body
 from tests.mock_upstream import Behavior
 
 
-def raw_get(sock: socket.socket, path: str) -> tuple[int, bytes]:
-    """One keep-alive GET on an open socket; returns status and body."""
+def raw_get(sock: socket.socket, path: str) -> tuple[int, bytes, bytes]:
+    """One keep-alive GET on an open socket; returns status, head and body."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: node\r\n\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -27,7 +27,7 @@ def raw_get(sock: socket.socket, path: str) -> tuple[int, bytes]:
     length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
     while len(body) < length:
         body += sock.recv(65536)
-    return int(head.split()[1]), body
+    return int(head.split()[1]), head, body
 
 
 def open_stream(port: int, body: dict) -> http.client.HTTPResponse:
@@ -89,15 +89,17 @@ def test_start_line_names_address_version_providers_and_mode(spawn_node):
 def test_sigterm_lets_a_live_stream_finish_and_exits_0(spawn_node, upstream):
     upstream.default = Behavior(chunks=8, chunk_delay=0.1)
     node = spawn_node({"SHUTDOWN_TIMEOUT": "10"})
-    keepalive = socket.create_connection(("127.0.0.1", node.port))
+    keepalive = socket.create_connection(("127.0.0.1", node.port), timeout=10)
     assert raw_get(keepalive, "/health")[0] == 200
     response = open_stream(node.port, chat_body(stream=True))
     assert response.readline().startswith(b"data: ")  # the stream is live
     node.signal(signal.SIGTERM)
     assert node.wait_for_line("draining")
-    status, body = raw_get(keepalive, "/health")
+    status, head, body = raw_get(keepalive, "/health")
     assert status == 503
     assert json.loads(body)["status"] == "draining"
+    assert b"Connection: close" in head  # answered, then closed: the client reconnects elsewhere
+    assert keepalive.recv(1) == b""
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", node.port), timeout=5)
     rest = response.read()
