@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
@@ -195,6 +196,15 @@ class _Handler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
+    def reply_machine(self, ip: str, view: Callable[[dict[str, Any]], Any]) -> None:
+        """200 with ``view(machine)`` for a known machine, else 404."""
+        with self.router._cond:
+            machine = self.router.machines.get(ip)
+            if machine is None:
+                self.reply(404, {"detail": "machine not found"})
+            else:
+                self.reply(200, view(machine))
+
     def on_finish(self) -> None:
         if self.call is not None and not self.call.closed_at:
             self.router._end(self.call, self.get_status())
@@ -211,12 +221,7 @@ def _public(machine: dict[str, Any]) -> dict[str, Any]:
 
 class _MachineHandler(_Handler):
     def get(self, ip: str) -> None:
-        with self.router._cond:
-            machine = self.router.machines.get(ip)
-            if machine is None:
-                self.reply(404, {"detail": "machine not found"})
-            else:
-                self.reply(200, _public(machine))
+        self.reply_machine(ip, _public)
 
 
 class _RegisterHandler(_Handler):
@@ -233,12 +238,7 @@ class _RegisterHandler(_Handler):
 
 class _TokensHandler(_Handler):
     def get(self, ip: str) -> None:
-        with self.router._cond:
-            machine = self.router.machines.get(ip)
-            if machine is None:
-                self.reply(404, {"detail": "machine not found"})
-            else:
-                self.reply(200, machine["tokens"])
+        self.reply_machine(ip, lambda machine: machine["tokens"])
 
     def post(self, ip: str) -> None:
         body = self.call.json if self.call else None
