@@ -1,0 +1,332 @@
+"""``make demo``: the node doing its main job on a fresh machine, with no provider key.
+
+Starts two processes and stops them together:
+
+1. the demo upstream (``tools/demo_upstream.py``, a canned OpenAI-compatible
+   provider that streams its reply word by word), on a free loopback port;
+2. the node (``python server.py``), with every provider's base URL pointed at
+   the demo upstream and a dummy key, on ``--port`` (default: $PORT, else 8000;
+   0 picks a free port). Its settings come from here only: the shell's node
+   variables and any ``.env`` file are not read, so nothing leaves the machine.
+
+Once the node logs ``listening on HOST:PORT`` and ``GET /health`` answers, it
+prints the node's URL, both PIDs and commands to try (curl and the OpenAI SDK:
+chat, streamed chat, /v1/verify, /v1/eval). The processes' logs go to stderr.
+
+Ctrl-C or SIGTERM stops the node (it drains) and then the upstream, each by
+its PID with a bounded wait and SIGKILL as the last resort; so does either
+child exiting by itself (the demo then exits 1).
+
+    python tools/demo.py [--port 0] [--words-per-second 20] [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_SCRIPT = ROOT / "tools" / "demo_upstream.py"
+LISTENING = r"listening on [^ ]+:(\d+)"
+DUMMY_KEY = "demo-key-not-a-secret"
+START_TIMEOUT = 20.0
+HEALTH_TIMEOUT = 10.0
+NODE_DRAIN_SECONDS = 5
+STOP_TIMEOUT = NODE_DRAIN_SECONDS + 5.0
+KILL_TIMEOUT = 5.0
+POLL = 0.2
+# Variables of the caller's environment that the children keep (nothing of the node's own settings).
+PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
+
+
+def provider_variables() -> list[tuple[str, str]]:
+    """(base URL variable, key variable) of every provider the node knows, from config.PROVIDER_DEFAULTS."""
+    if str(ROOT) not in sys.path:  # run as ``python tools/demo.py``
+        sys.path.insert(0, str(ROOT))
+    from config import PROVIDER_DEFAULTS
+
+    return [(url_var, key_var) for url_var, _, key_var in PROVIDER_DEFAULTS.values()]
+
+
+class Child:
+    """A child process in its own session; its output lines are kept (the last ones) and echoed to stderr."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], echo: bool, ended: threading.Event) -> None:
+        self.name = name
+        self.echo = echo
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self._cond = threading.Condition()
+        self._eof = False
+        self._ended = ended
+        self.proc = subprocess.Popen(
+            args, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if self.echo:
+                print(f"{self.name} | {line}", file=sys.stderr, flush=True)
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+        self._ended.set()
+
+    def wait_for(self, pattern: str, timeout: float, abort: threading.Event) -> re.Match[str] | None:
+        """The first output line matching ``pattern``; None if the child ends, ``abort`` is set or time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                lines = list(self.lines)
+                for line in lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof or abort.is_set():
+                    return None
+                self._cond.wait(min(remaining, POLL))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"demo: {self.name} (pid {self.pid}) did not stop within {timeout:g}s: SIGKILL", file=sys.stderr)
+            self.signal(signal.SIGKILL)
+            self.proc.wait(KILL_TIMEOUT)
+        self._reader.join(KILL_TIMEOUT)
+        return self.proc.returncode
+
+    def tail(self, count: int = 20) -> str:
+        with self._cond:
+            return "\n".join(list(self.lines)[-count:])
+
+
+class Demo:
+    """The two children, the signals that stop them, and the order they start and stop in."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()  # a signal, or a child's output ended
+        self.signal_name = ""
+        self.stopping = False
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping:  # a second Ctrl-C: the node exits at once on its second signal
+            for child in self.children:
+                child.signal(signal.SIGTERM)
+            return
+        self.signal_name = signal.Signals(signum).name
+        self.stop_requested.set()
+
+    def base_env(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_upstream(self) -> str:
+        """Start the demo upstream; return its base URL."""
+        args = [sys.executable, str(UPSTREAM_SCRIPT), "--host", "127.0.0.1", "--port", "0",
+                "--words-per-second", str(self.args.words_per_second)]
+        upstream = Child("upstream", args, self.base_env(), not self.args.quiet, self.stop_requested)
+        self.children.append(upstream)
+        match = upstream.wait_for(LISTENING, START_TIMEOUT, self.stop_requested)
+        if match is None:
+            raise StartError(upstream)
+        return f"http://127.0.0.1:{match.group(1)}/v1"
+
+    def node_env(self, upstream_url: str) -> dict[str, str]:
+        env = self.base_env()
+        env.update({
+            "ENV_FILE": os.devnull,
+            "PORT": str(self.args.port),
+            "HOST": self.args.host,
+            "VERSION": "0.0.0-demo",
+            "LOG_LEVEL": self.args.log_level,
+            "SHUTDOWN_TIMEOUT": str(NODE_DRAIN_SECONDS),
+        })
+        for url_var, key_var in provider_variables():
+            env[url_var] = upstream_url
+            env[key_var] = DUMMY_KEY
+        return env
+
+    def start_node(self, upstream_url: str) -> int:
+        """Start the node; return its port once /health answers."""
+        node = Child("node", [sys.executable, str(ROOT / "server.py")], self.node_env(upstream_url), not self.args.quiet,
+                     self.stop_requested)
+        self.children.append(node)
+        match = node.wait_for(LISTENING, START_TIMEOUT, self.stop_requested)
+        if match is None:
+            raise StartError(node)
+        port = int(match.group(1))
+        if not wait_healthy(f"http://{local_host(self.args.host)}:{port}/health", HEALTH_TIMEOUT, self.stop_requested):
+            raise StartError(node)
+        return port
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.on_signal)
+        try:
+            upstream_url = self.start_upstream()
+            port = self.start_node(upstream_url)
+        except StartError as exc:
+            if not self.signal_name:
+                print(f"demo: the {exc.child.name} did not start; its last output:\n{exc.child.tail()}", file=sys.stderr)
+            return self.shutdown(0 if self.signal_name else 1)
+        if self.stop_requested.is_set():
+            return self.shutdown(0)
+        print(banner(local_host(self.args.host), port, upstream_url, self.children, self.args.words_per_second), flush=True)
+        while not self.stop_requested.wait(POLL * 2):
+            if not all(child.alive() for child in self.children):
+                break
+        return self.shutdown(0 if self.signal_name else 1)
+
+    def shutdown(self, code: int) -> int:
+        """Stop the node first (it drains), then the upstream."""
+        self.stopping = True
+        for child in self.children:
+            if not child.alive() and not self.signal_name:
+                print(f"demo: the {child.name} (pid {child.pid}) exited with code {child.proc.returncode}: stopping",
+                      file=sys.stderr)
+                code = 1
+        if self.signal_name:
+            print(f"demo: {self.signal_name}: stopping", file=sys.stderr)
+        for child in reversed(self.children):
+            child.stop(STOP_TIMEOUT if child.name == "node" else KILL_TIMEOUT)
+        print("demo: stopped", file=sys.stderr, flush=True)
+        return code
+
+
+class StartError(Exception):
+    """A child did not get ready."""
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(child.name)
+        self.child = child
+
+
+def local_host(host: str) -> str:
+    """The address to reach a server listening on ``host`` from this machine."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def wait_healthy(url: str, timeout: float, abort: threading.Event) -> bool:
+    """Poll ``url`` until it answers 200 (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not abort.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        abort.wait(0.05)
+    return False
+
+
+def banner(host: str, port: int, upstream_url: str, children: list[Child], words_per_second: float) -> str:
+    """What to try, with the real port in every line."""
+    url = f"http://{host}:{port}"
+    pids = {child.name: child.pid for child in children}
+    json_hdr = "-H 'Content-Type: application/json'"
+    hello = '"messages": [{"role": "user", "content": "Hello"}]'
+    statement = '"messages": [{"role": "user", "content": "Paris is the capital of France."}]'
+    csv_text = r'"question\nIs Paris in France?\nIs the sea dry?\n"'
+    models = '["openai/gpt-4o-mini", "groq/llama-3.1-8b-instant"]'
+    return f"""
+Mira demo is ready: every provider (openai/, openrouter/, anthropic/, groq/, mira/) answers from the demo upstream.
+  node:      {url}  (pid {pids["node"]})
+  upstream:  {upstream_url}  (pid {pids["upstream"]}, {words_per_second:g} words/s)
+
+Chat (JSON):
+  curl -s {url}/v1/chat/completions {json_hdr} \\
+    -d '{{"model": "openai/gpt-4o-mini", {hello}}}'
+Chat (streamed, word by word):
+  curl -sN {url}/v1/chat/completions {json_hdr} \\
+    -d '{{"model": "groq/llama-3.1-8b-instant", "stream": true, {hello}}}'
+Verify a statement:
+  curl -s {url}/v1/verify {json_hdr} \\
+    -d '{{"model": "openai/gpt-4o-mini", {statement}}}'
+Eval a CSV across two models (the answer streams back as CSV):
+  curl -sN {url}/v1/eval {json_hdr} \\
+    -d '{{"csv": {csv_text}, "models": {models}, "eval_system_prompt": "Answer yes or no."}}'
+  or, with a progress bar:
+  printf 'question\\nIs Paris in France?\\nIs the sea dry?\\n' > prompts.csv
+  python -m tools.eval_client prompts.csv --models openai/gpt-4o-mini groq/llama-3.1-8b-instant --url {url}
+Metrics:
+  curl -s {url}/metrics | grep ^mira_
+
+With the OpenAI SDK (python):
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  hello = [{{"role": "user", "content": "Hello"}}]
+  print(client.chat.completions.create(model="openai/gpt-4o-mini", messages=hello).choices[0].message.content)
+  for chunk in client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=hello, stream=True):
+      print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+Ctrl-C stops both.
+"""
+
+
+def default_port() -> int:
+    try:
+        return int(os.environ.get("PORT", "8000"))
+    except ValueError:
+        return 8000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the node against a local demo upstream (no provider key needed)")
+    parser.add_argument("--port", type=int, default=default_port(), help="the node's port (default $PORT or 8000; 0: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="the node's listen address (default 127.0.0.1)")
+    parser.add_argument("--words-per-second", type=float, default=20.0, help="pace of streamed replies (default 20)")
+    parser.add_argument("--log-level", default="INFO", help="the node's LOG_LEVEL (default INFO)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the processes' logs to stderr")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be 0..65535")
+    if args.words_per_second < 0:
+        parser.error("--words-per-second must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return Demo(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

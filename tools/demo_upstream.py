@@ -1,0 +1,271 @@
+"""A small OpenAI-compatible upstream for ``make demo``: canned answers, streamed at a readable pace.
+
+It stands in for every provider so that the node can be tried on a machine
+with no provider key and no network:
+
+* ``POST /v1/chat/completions`` (also without ``/v1``): a ``chat.completion``
+  with ``usage``; with ``"stream": true``, server-sent events that carry the
+  reply one word at a time (``--words-per-second``, default 20), a final chunk
+  (with ``usage`` when ``stream_options.include_usage`` is set) and
+  ``data: [DONE]``.
+* A request with ``tools`` gets a tool call instead of text: for the node's
+  ``verify_statement`` tool the arguments are
+  ``{"is_correct": true, "reason": "..."}``, so ``/v1/verify`` answers ``yes``.
+* A conversation that asks for "yes or no" (an eval system prompt, say) is
+  answered ``Yes.``; any other one gets a sentence that quotes the last user
+  message.
+* ``GET /v1/models``: the demo's model; anything else is an OpenAI-shaped 404.
+
+Run: ``python tools/demo_upstream.py [--port 0] [--words-per-second 20]``. It
+prints ``demo upstream listening on HOST:PORT`` once ready and stops on
+SIGTERM/SIGINT or when the process that started it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+
+DEFAULT_WORDS_PER_SECOND = 20.0
+MODEL_ID = "demo-model"
+VERIFY_TOOL = "verify_statement"
+VERIFY_ARGUMENTS = {"is_correct": True, "reason": "The demo upstream accepts every statement: no real model was asked."}
+QUOTE_LIMIT = 200
+PARENT_CHECK_SECONDS = 1.0
+
+_ids = itertools.count(1)
+
+
+def error_body(message: str, status: int) -> dict[str, Any]:
+    """An OpenAI-shaped error object."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _text_of(message: Any) -> str:
+    """The text of a message's ``content`` (a string or a list of text parts)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def reply_text(messages: list[Any]) -> str:
+    """The canned reply to a conversation."""
+    if any("yes or no" in _text_of(message).lower() for message in messages):
+        return "Yes."
+    users = [_text_of(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    said = " ".join(users[-1].split()) if users else ""
+    if len(said) > QUOTE_LIMIT:
+        said = said[:QUOTE_LIMIT].rstrip() + "..."
+    quote = f' You said: "{said}".' if said else ""
+    return (
+        f"Hello from the Mira demo upstream!{quote} No provider was called: this reply is canned, "
+        "and a streamed one arrives word by word."
+    )
+
+
+def chosen_tool(tools: Any) -> str | None:
+    """The function to call for a request with ``tools``: verify_statement if offered, else the first one."""
+    if not isinstance(tools, list):
+        return None
+    names = [
+        t["function"]["name"]
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+    ]
+    if not names:
+        return None
+    return VERIFY_TOOL if VERIFY_TOOL in names else names[0]
+
+
+def tool_arguments(name: str) -> str:
+    """The JSON arguments of the demo's tool call."""
+    return json.dumps(VERIFY_ARGUMENTS if name == VERIFY_TOOL else {})
+
+
+def usage(messages: list[Any], completion: str) -> dict[str, int]:
+    """Rough token counts: whitespace-separated words."""
+    prompt = sum(len(_text_of(m).split()) for m in messages)
+    done = len(completion.split())
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def words(text: str) -> list[str]:
+    """``text`` cut into stream pieces: each word with the space before it."""
+    parts = text.split(" ")
+    return [parts[0], *(" " + part for part in parts[1:])]
+
+
+class ChatHandler(tornado.web.RequestHandler):
+    """``POST /v1/chat/completions``: JSON or SSE."""
+
+    def initialize(self, words_per_second: float) -> None:
+        self.interval = 1.0 / words_per_second if words_per_second > 0 else 0.0
+        self.gone = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self.gone.set()
+
+    def send_json(self, status: int, body: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.send_json(status_code, error_body(self._reason, status_code))
+
+    async def post(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self.send_json(400, error_body("The body must be a JSON object with a 'messages' array", 400))
+            return
+        base = {
+            "id": f"chatcmpl-demo-{next(_ids)}",
+            "created": int(time.time()),
+            "model": body.get("model") or MODEL_ID,
+        }
+        tool = chosen_tool(body.get("tools"))
+        text = "" if tool else reply_text(body["messages"])
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            try:
+                await self.stream(base, text, tool, usage(body["messages"], text) if with_usage else None)
+            except tornado.iostream.StreamClosedError:
+                pass
+            return
+        self.send_json(200, self.completion(base, text, tool, usage(body["messages"], text)))
+
+    def completion(self, base: dict[str, Any], text: str, tool: str | None, counts: dict[str, int]) -> dict[str, Any]:
+        """A whole ``chat.completion``."""
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = "stop"
+        if tool:
+            call = {"id": "call_demo_1", "type": "function", "function": {"name": tool, "arguments": tool_arguments(tool)}}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish = "tool_calls"
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        return {**base, "object": "chat.completion", "choices": [choice], "usage": counts}
+
+    async def stream(self, base: dict[str, Any], text: str, tool: str | None, counts: dict[str, int] | None) -> None:
+        """SSE: the role, then one word per event at the configured pace, a final chunk, ``[DONE]``."""
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+        if tool:
+            call = {"index": 0, "id": "call_demo_1", "type": "function",
+                    "function": {"name": tool, "arguments": tool_arguments(tool)}}
+            await self.event(self.chunk(base, {"role": "assistant", "content": None, "tool_calls": [call]}, None))
+            finish = "tool_calls"
+        else:
+            await self.event(self.chunk(base, {"role": "assistant", "content": ""}, None))
+            for piece in words(text):
+                if self.interval and await self.client_left(self.interval):
+                    return
+                await self.event(self.chunk(base, {"content": piece}, None))
+            finish = "stop"
+        await self.event(self.chunk(base, {}, finish))
+        if counts is not None:
+            await self.event({**base, "object": "chat.completion.chunk", "choices": [], "usage": counts})
+        self.write("data: [DONE]\n\n")
+        self.finish()
+
+    @staticmethod
+    def chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    async def event(self, data: dict[str, Any]) -> None:
+        self.write(f"data: {json.dumps(data)}\n\n")
+        await self.flush()
+
+    async def client_left(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if the client closed the connection meanwhile."""
+        try:
+            await asyncio.wait_for(self.gone.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class ModelsHandler(tornado.web.RequestHandler):
+    """``GET /v1/models``: the demo's one model."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "mira-demo"}
+        self.finish(json.dumps({"object": "list", "data": [model]}))
+
+
+class NotFoundHandler(tornado.web.RequestHandler):
+    """Anything else: an OpenAI-shaped 404."""
+
+    def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(f"Unknown path {self.request.path}", 404)))
+
+
+def make_app(words_per_second: float) -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            (r"/(?:v1/)?chat/completions", ChatHandler, {"words_per_second": words_per_second}),
+            (r"/(?:v1/)?models", ModelsHandler),
+        ],
+        default_handler_class=NotFoundHandler,
+    )
+
+
+async def serve(host: str, port: int, words_per_second: float) -> None:
+    """Serve until SIGTERM/SIGINT or until the parent process is gone."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sockets = tornado.netutil.bind_sockets(port, host)
+    server = tornado.httpserver.HTTPServer(make_app(words_per_second))
+    server.add_sockets(sockets)
+    bound = sockets[0].getsockname()
+    print(f"demo upstream listening on {bound[0]}:{bound[1]} ({words_per_second:g} words/s)", flush=True)
+    parent = os.getppid()
+    while not stop.is_set() and os.getppid() == parent:
+        try:
+            await asyncio.wait_for(stop.wait(), PARENT_CHECK_SECONDS)
+        except TimeoutError:
+            pass
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 2)
+    except TimeoutError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="OpenAI-compatible demo upstream with canned, paced answers")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--words-per-second", type=float, default=DEFAULT_WORDS_PER_SECOND,
+                        help=f"pace of streamed replies (default {DEFAULT_WORDS_PER_SECOND:g}; 0: no pause)")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.host, args.port, args.words_per_second))
+
+
+if __name__ == "__main__":
+    main()
