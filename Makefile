@@ -31,6 +31,14 @@ bench: $(STAMP)  ## benchmark the node against a fast mock upstream (installs wr
 bench-quick: $(STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
 	$(PY) bench/run.py --quick
 
+.PHONY: demo eval-client
+
+demo: $(STAMP)  ## the node against a local demo upstream, no provider key needed; prints what to try (DEMO_ARGS="--port 0")
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+eval-client: $(STAMP)  ## a CSV through a node's /v1/eval with a progress bar (EVAL_ARGS="prompts.csv --models openai/gpt-4o-mini")
+	$(PY) -m tools.eval_client $(EVAL_ARGS)
+
 # Fuzzing has its own venv: schemathesis and hypothesis bring pytest plugins that `make test` must not load.
 FUZZ_VENV  := $(VENV)/fuzz
 FUZZ_STAMP := $(FUZZ_VENV)/.installed
