@@ -10,12 +10,9 @@ from typing import Any
 import ujson
 
 from utils import metrics
-from utils.redact import RedactingFilter, Redactor
+from utils.redact import PROCESS_REDACTOR, STANDARD_RECORD_FIELDS, RedactingFilter, Redactor, escape_control
 
 access_log = logging.getLogger("mira.access")
-
-# Attributes of a LogRecord that are not "extra" fields.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in STANDARD_RECORD_FIELDS and not key.startswith("_"):
                 data[key] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -72,20 +69,22 @@ def log_request(handler: Any) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     request = handler.request
+    redact = PROCESS_REDACTOR
+    provider = getattr(handler, "provider", "")
     fields = {
-        "request_id": getattr(handler, "request_id", ""),
+        "request_id": getattr(handler, "request_id", ""),  # vetted by the base handler
         "method": request.method,
-        "path": request.path,
+        "path": escape_control(redact(request.path)),
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
-        "provider": getattr(handler, "provider", "") or None,
+        "provider": escape_control(redact(provider)) if provider else None,
         "upstream_status": getattr(handler, "upstream_status", None),
         "stream_bytes": getattr(handler, "stream_bytes", 0),
         "client_aborted": getattr(handler, "client_aborted", False),
     }
     access_log.info(
         "%s %s %s %d %.1fms provider=%s upstream=%s bytes=%d aborted=%s",
-        fields["request_id"], request.method, request.path, status, seconds * 1000,
+        fields["request_id"], request.method, fields["path"], status, seconds * 1000,
         fields["provider"] or "-", fields["upstream_status"] or "-", fields["stream_bytes"],
         "yes" if fields["client_aborted"] else "no",
         extra=fields,

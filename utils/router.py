@@ -32,7 +32,7 @@ from tornado.httpclient import HTTPRequest
 from config import Settings
 from utils import metrics
 from utils.curl import Transfer
-from utils.redact import Redactor, tail
+from utils.redact import PROCESS_REDACTOR, Redactor, tail
 
 log = logging.getLogger("mira.router")
 
@@ -127,7 +127,7 @@ class RouterClient:
         self.summary_interval = FAILURE_SUMMARY_INTERVAL
         self.name = settings.machine_name
         self.version = settings.version
-        self.redact = redactor or Redactor()
+        self.redact = redactor or PROCESS_REDACTOR
         self._admin_token = settings.admin_api_token
         self._machine_token = settings.machine_api_token
         self._task: asyncio.Task[None] | None = None
@@ -268,7 +268,7 @@ class RouterClient:
         """The operator's message for a router answer that no retry will change."""
         if reply.status in (401, 403):
             return f"router registration failed: the router refused ADMIN_API_TOKEN (HTTP {reply.status} on {method} {url})"
-        detail = self.redact(reply.body[:MAX_DETAIL].decode("utf-8", "replace")).strip()
+        detail = self.redact.cut(reply.body.decode("utf-8", "replace").strip(), MAX_DETAIL)
         return f"router registration failed: could not {what} ({method} {url}): HTTP {reply.status}" + (
             f": {detail}" if detail else ""
         )
