@@ -11,6 +11,7 @@ from tornado.iostream import StreamClosedError
 from handlers.base import ApiHandler
 from models.evaluation import parse_eval_request
 from utils.evaluation import EvalRun, format_csv_rows, make_cell_call, output_header
+from utils.netguard import check_custom_provider
 
 
 class EvalHandler(ApiHandler):
@@ -25,7 +26,7 @@ class EvalHandler(ApiHandler):
         self.run: EvalRun | None = None
 
     async def post(self) -> None:
-        if self._finished:
+        if not self.body_received():
             return
         ctx = self.ctx
         request = parse_eval_request(
@@ -33,6 +34,8 @@ class EvalHandler(ApiHandler):
         )
         table = request.table
         self.provider = ",".join(sorted({ref.provider for ref in request.models}))
+        if request.models[0].custom is not None:
+            await check_custom_provider(request.models[0].custom, ctx.settings.custom_provider_allow_private)
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")

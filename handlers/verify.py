@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler
 from models.verify import parse_verify_request
+from utils.netguard import check_custom_provider
 from utils.verify import run_verify
 
 
@@ -15,13 +16,15 @@ class VerifyHandler(ApiHandler):
     machine_ip_header = True
 
     async def post(self) -> None:
-        if self._finished:
+        if not self.body_received():
             return
         ctx = self.ctx
         request = parse_verify_request(
             self.body, ctx.registry.names, ctx.settings.allow_custom_providers, ctx.settings.verify_default_model
         )
         self.provider = ",".join(sorted({ref.provider for ref in request.models}))
+        if request.models[0].custom is not None:
+            await check_custom_provider(request.models[0].custom, ctx.settings.custom_provider_allow_private)
         answer = await run_verify(ctx.upstream, ctx.registry, request, self.cancel)
         if self.cancel.cancelled:
             self.client_aborted = True

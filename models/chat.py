@@ -7,10 +7,11 @@ carried to the upstream untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import ujson
 
@@ -44,14 +45,58 @@ _TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string", 
 USER_MESSAGE_REQUIRED = "At least one user message is required"
 
 
+# Bodies above this size are checked for absurd numbers of JSON values before they are parsed.
+STRUCTURE_CHECK_SIZE = 64 * 1024
+# Rough CPython costs (bytes) of what a parsed body is made of: a str, another scalar, a container.
+_STRING_COST, _VALUE_COST, _CONTAINER_COST = 57, 36, 150
+# A parsed body may cost at most this many times its size (the raw bytes and the copy sent upstream come on top).
+MAX_PARSED_RATIO = 8
+
+
+def check_structure(raw: bytes) -> None:
+    """Refuse a large body whose parsed form would cost far more memory than its size.
+
+    Twenty megabytes of ``[],[],...`` parse into seven million list objects
+    (about 600 MB, seconds of CPU). Counting quotes, brackets and commas (a
+    few milliseconds, no parse) bounds what the parse would build; bodies of
+    text, images and token arrays stay far below the bound. Nesting deeper
+    than 1,024 levels is refused by the JSON decoder itself.
+    """
+    if len(raw) < STRUCTURE_CHECK_SIZE:
+        return
+    strings = raw.count(b'"') // 2
+    containers = raw.count(b"[") + raw.count(b"{")
+    values = raw.count(b",") + containers
+    estimate = _STRING_COST * strings + _VALUE_COST * max(values - strings, 0) + _CONTAINER_COST * containers
+    if estimate > MAX_PARSED_RATIO * len(raw):
+        raise bad_request(
+            "Request body holds too many JSON values for its size (arrays or objects of tiny items)",
+            code="body_too_complex",
+        )
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be a JSON object."""
+    """Decode a request body that must be a JSON object.
+
+    Refused with 400: an empty body, invalid JSON, invalid UTF-8 (encoded
+    surrogates included), absurd structure (:func:`check_structure`), and
+    anything but an object. ``NaN``, ``Infinity`` and numbers out of range
+    parse here but are refused when the body is encoded again
+    (:func:`models.jsonbody.json_bytes`), before anything is sent.
+    """
     if not raw.strip():
         raise bad_request("Request body is empty; a JSON object is required")
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("Request body is not valid UTF-8") from None
+    check_structure(raw)
     try:
         body = ujson.loads(raw)
-    except (ValueError, OverflowError):
-        raise bad_request("Request body is not valid JSON") from None
+    except (ValueError, OverflowError) as exc:
+        detail = " (nested too deeply)" if "depth" in str(exc) else ""
+        raise bad_request("Request body is not valid JSON" + detail) from None
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     return body
@@ -104,9 +149,45 @@ class CustomProvider:
     def __repr__(self) -> str:  # never show the key
         return f"CustomProvider(base_url={self.base_url!r}, provider_name={self.provider_name!r})"
 
+    @property
+    def host(self) -> str:
+        """The host of ``base_url`` (a name, or an IP literal without brackets)."""
+        return urlsplit(self.base_url).hostname or ""
+
+
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+MAX_PROVIDER_NAME = 100
+
+
+def forbidden(message: str, param: str = "model_provider.base_url") -> ApiError:
+    """A 400 ``custom_provider_forbidden``: the node will not call that address."""
+    return ApiError(400, message, param=param, code="custom_provider_forbidden")
+
+
+def _header_safe(value: Any, param: str) -> str:
+    """A string that can go into an HTTP header: no control characters, Latin-1 only."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise bad_request(f"'{param}' must be a string", param=param)
+    if _CONTROL_CHARS.search(value):
+        raise bad_request(f"'{param}' must not contain control characters", param=param)
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise bad_request(f"'{param}' must be printable ASCII or Latin-1 text (an HTTP header value)", param=param) from None
+    return value
+
 
 def parse_custom_provider(value: Any, allowed: bool) -> CustomProvider | None:
-    """Validate a ``model_provider`` object (None when absent)."""
+    """Validate a ``model_provider`` object (None when absent).
+
+    The base URL must be plain ``http(s)://host[:port][/path]``: a query, a
+    fragment or user info is refused (``custom_provider_forbidden``), since
+    they would let a caller pick any path on any host. Which addresses the
+    host may resolve to is checked later, where the connection is made
+    (``utils.netguard``).
+    """
     if value is None:
         return None
     if not allowed:
@@ -116,18 +197,27 @@ def parse_custom_provider(value: Any, allowed: bool) -> CustomProvider | None:
     base_url = value.get("base_url")
     if not isinstance(base_url, str) or not base_url.strip():
         raise bad_request("'model_provider.base_url' is required", param="model_provider.base_url")
-    parsed = urlparse(base_url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    base_url = base_url.strip()
+    if _CONTROL_CHARS.search(base_url) or " " in base_url or not is_unicode(base_url):
+        raise bad_request("'model_provider.base_url' must not contain spaces or control characters",
+                          param="model_provider.base_url")
+    parsed = urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise bad_request("'model_provider.base_url' must be an http(s) URL", param="model_provider.base_url")
-    api_key = value.get("api_key", "")
-    if api_key is None:
-        api_key = ""
-    if not isinstance(api_key, str):
-        raise bad_request("'model_provider.api_key' must be a string", param="model_provider.api_key")
-    name = value.get("provider_name") or parsed.hostname or "custom"
-    if not isinstance(name, str):
-        raise bad_request("'model_provider.provider_name' must be a string", param="model_provider.provider_name")
-    return CustomProvider(base_url=base_url.strip().rstrip("/"), api_key=api_key, provider_name=name)
+    if "?" in base_url or "#" in base_url or "@" in parsed.netloc:
+        raise forbidden("'model_provider.base_url' must not carry a query, a fragment or user info")
+    try:
+        port_ok = parsed.port != 0
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        raise bad_request("'model_provider.base_url' has an invalid port", param="model_provider.base_url")
+    api_key = _header_safe(value.get("api_key"), "model_provider.api_key")
+    name = _header_safe(value.get("provider_name"), "model_provider.provider_name") or parsed.hostname or "custom"
+    if len(name) > MAX_PROVIDER_NAME:
+        raise bad_request(f"'model_provider.provider_name' must be at most {MAX_PROVIDER_NAME} characters",
+                          param="model_provider.provider_name")
+    return CustomProvider(base_url=base_url.rstrip("/"), api_key=api_key, provider_name=name)
 
 
 def is_unicode(text: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from models.chat import check_type, is_unicode, parse_custom_provider, parse_json_object
 from models.errors import bad_request
+from models.jsonbody import check_json_numbers
 from models.verify import ModelRef, resolve_models
 
 # A cell may be as large as a request body; the csv module's default cap is 128 KiB.
@@ -76,6 +77,7 @@ def parse_csv_table(text: str, max_rows: int) -> CsvTable:
 def parse_eval_request(raw: bytes, providers: Collection[str], allow_custom: bool, max_rows: int) -> EvalRequest:
     """Validate a ``/v1/eval`` body; raise :class:`ApiError` (400) when bad."""
     body: dict[str, Any] = parse_json_object(raw)
+    check_json_numbers(body)
     check_type(body, "csv", (str,))
     check_type(body, "eval_system_prompt", (str,))
     if not body.get("csv"):

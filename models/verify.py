@@ -23,6 +23,7 @@ from models.chat import (
     split_model,
 )
 from models.errors import bad_request
+from models.jsonbody import check_json_numbers
 
 # Sampling fields a verify body may carry to every model call (all else is the node's own).
 VERIFY_PASSTHROUGH: dict[str, tuple[type, ...]] = {
@@ -99,6 +100,7 @@ def parse_verify_request(
 ) -> VerifyRequest:
     """Validate a ``/v1/verify`` body; raise :class:`ApiError` (400) when bad."""
     body = parse_json_object(raw)
+    check_json_numbers(body)
     for name, types in VERIFY_PASSTHROUGH.items():
         check_type(body, name, types)
     check_type(body, "min_yes", (int,))

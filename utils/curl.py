@@ -41,6 +41,7 @@ class UpstreamCall:
         "timeout_ms",
         "streaming_callback",
         "prepare_curl_callback",
+        "opensocket",
     )
 
     def __init__(
@@ -52,6 +53,7 @@ class UpstreamCall:
         timeout: float,
         prepare: Callable[[pycurl.Curl], None],
         streaming_callback: Callable[[bytes], None] | None = None,
+        opensocket: Callable[[int, Any], Any] | None = None,
     ) -> None:
         self.url = url
         self.body = body
@@ -60,6 +62,7 @@ class UpstreamCall:
         self.timeout_ms = int(timeout * 1000)  # 0: no cap on the whole transfer
         self.streaming_callback = streaming_callback
         self.prepare_curl_callback = prepare
+        self.opensocket = opensocket  # libcurl's OPENSOCKETFUNCTION: vets the address of each new connection
 
 
 class TransferRefused(Exception):
@@ -76,7 +79,7 @@ class Transfer:
     set the transfer belongs to while it runs (whoever may abort it).
     """
 
-    __slots__ = ("curl", "aborted", "started", "done", "paused", "owner")
+    __slots__ = ("curl", "aborted", "started", "done", "paused", "owner", "guard")
 
     def __init__(self, owner: set[Transfer] | None = None) -> None:
         self.curl: pycurl.Curl | None = None
@@ -85,6 +88,7 @@ class Transfer:
         self.done = False
         self.paused = False
         self.owner = owner
+        self.guard: Any = None  # the AddressGuard of a custom provider's call (utils.netguard)
         if owner is not None:
             owner.add(self)
 
@@ -188,6 +192,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         # memory held for nothing by every open stream (about 30 KB a stream saved).
         setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
         setopt(pycurl.NOSIGNAL, 1)
+        if request.opensocket is not None:
+            setopt(pycurl.OPENSOCKETFUNCTION, request.opensocket)
         request.prepare_curl_callback(curl)
 
 

@@ -20,6 +20,7 @@ class Target:
     api_key: str = field(repr=False)
     label: str = ""  # bounded metrics label: the configured name, or "custom"
     header_lines: list[bytes] = field(default_factory=list, repr=False)  # as libcurl takes them
+    guarded: bool = False  # connect only to public addresses (a custom provider, see utils.netguard)
 
 
 class ProviderRegistry:
@@ -30,16 +31,19 @@ class ProviderRegistry:
             name: self.make_target(name, p.base_url, p.api_key) for name, p in settings.providers.items()
         }
         self._openrouter_ignore = list(settings.openrouter_ignored_providers)
+        self._guard_custom = not settings.custom_provider_allow_private
 
     @staticmethod
-    def make_target(provider: str, base_url: str, api_key: str, label: str = "") -> Target:
+    def make_target(provider: str, base_url: str, api_key: str, label: str = "", guarded: bool = False) -> Target:
         """A target for ``{base_url}/chat/completions`` with its headers."""
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = "Bearer " + api_key
         url = base_url.rstrip("/") + "/chat/completions"
         lines = header_lines(headers)
-        return Target(provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines)
+        return Target(
+            provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines, guarded=guarded
+        )
 
     @property
     def names(self) -> list[str]:
@@ -54,7 +58,7 @@ class ProviderRegistry:
         """Where a validated chat request goes: its custom provider or a configured one."""
         if request.custom is not None:
             c = request.custom
-            return self.make_target(c.provider_name, c.base_url, c.api_key, label="custom")
+            return self.make_target(c.provider_name, c.base_url, c.api_key, label="custom", guarded=self._guard_custom)
         return self._targets[request.provider]
 
     def upstream_body(self, request: ChatRequest) -> bytes:

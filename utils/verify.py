@@ -177,7 +177,7 @@ async def complete_chat(
     additions (OpenRouter's ignored providers) apply here too.
     """
     if cancel is not None and cancel.cancelled:  # a transfer begun after cancel() would not be aborted
-        raise ApiError(499, "Client closed the request", type="client_closed")
+        raise cancel.error()
     request = ref.chat_request(payload)
     target = registry.target_for(request)
     response = await upstream.complete(target, registry.upstream_body(request), cancel)
