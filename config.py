@@ -76,6 +76,8 @@ class Settings:
     eval_max_rows: int = 10000
     verify_default_model: str = "mira/llama3.1"
     shutdown_timeout: float = 30.0
+    request_body_timeout: float = 30.0
+    custom_provider_allow_private: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     log_format: str = "text"
@@ -220,6 +222,8 @@ def load_settings(env_file: str | None = None) -> Settings:
         eval_max_rows=get("EVAL_MAX_ROWS", 10000, _int(1)),
         verify_default_model=get("VERIFY_DEFAULT_MODEL", "mira/llama3.1") or "mira/llama3.1",
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", 30.0, _float(0.0)),
+        request_body_timeout=get("REQUEST_BODY_TIMEOUT", 30.0, _float(0.0, strict=True)),
+        custom_provider_allow_private=get("CUSTOM_PROVIDER_ALLOW_PRIVATE", False, _bool),
         cors_origins=get("CORS_ORIGINS", ("*",), _csv) or ("*",),
         log_level=get("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS)),
         log_format=get("LOG_FORMAT", "text", _choice("text", "json")),

@@ -27,12 +27,13 @@ from handlers import eval as evaluation
 from handlers.base import NotFoundHandler
 from utils.context import NodeContext
 from utils.logs import log_request, setup_logging
-from utils.redact import Redactor
+from utils.redact import PROCESS_REDACTOR
 from utils.router import RouterClient, RouterError, token_source
 
 log = logging.getLogger("mira.server")
 
 ROUTE_MODULES = (health, chat, meta, verify, evaluation)
+CUT_GRACE = 2.0  # seconds for requests cut at the end of the drain to send their last words
 
 
 def make_app(ctx: NodeContext) -> Application:
@@ -104,7 +105,12 @@ class Node:
         try:
             await asyncio.wait_for(ctx.wait_idle(), timeout=self.settings.shutdown_timeout)
         except TimeoutError:
-            log.warning("drain: %d requests still running after %gs; closing them", ctx.in_flight, self.settings.shutdown_timeout)
+            cut = ctx.cut_in_flight()
+            log.warning("drain: %d requests still running after %gs; ending them", cut, self.settings.shutdown_timeout)
+            try:  # their upstream calls are aborted: each answers node_shutting_down in a few loop turns
+                await asyncio.wait_for(ctx.wait_idle(), timeout=CUT_GRACE)
+            except TimeoutError:
+                log.warning("drain: %d requests did not end; closing their connections", ctx.in_flight)
         try:
             await asyncio.wait_for(self.server.close_all_connections(), timeout=5)
         except TimeoutError:
@@ -298,7 +304,9 @@ def main() -> int:
         config_error(f"configuration error: {exc}")
         return 2
     owned_metrics_dir = settings.workers > 1 and multiprocess_metrics_dir()
-    setup_logging(settings.log_level, settings.log_format, Redactor(settings.secrets()))
+    for secret in settings.secrets():
+        PROCESS_REDACTOR.add(secret)
+    setup_logging(settings.log_level, settings.log_format, PROCESS_REDACTOR)
     try:
         if settings.workers > 1:
             reservation = reserve_port(settings)

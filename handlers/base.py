@@ -8,6 +8,7 @@ anything else is a 500 logged with its traceback and a body without internals.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -53,7 +54,7 @@ class BaseHandler(RequestHandler):
         self.client_aborted = False
         self._chunks: list[bytes] = []
         self._body_size = 0
-        self._counted = False
+        self._body_timer: Any = None
 
     # -- headers common to every response ----------------------------------------
 
@@ -62,7 +63,10 @@ class BaseHandler(RequestHandler):
         if not self.request_id:
             self.ctx = self.application.settings["ctx"]
             incoming = self.request.headers.get("X-Request-ID", "")
-            self.request_id = incoming if _REQUEST_ID_OK.match(incoming) else os.urandom(16).hex()
+            if incoming and _REQUEST_ID_OK.match(incoming) and not self.ctx.redactor.found_in(incoming):
+                self.request_id = incoming
+            else:
+                self.request_id = os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json")
         if self.machine_ip_header:
@@ -117,6 +121,22 @@ class BaseHandler(RequestHandler):
         # Tornado would answer a chunked body over its own limit with a bare 400;
         # lift it and count in data_received, which answers 413.
         self.request.connection.set_max_body_size(1 << 62)
+        if self.accept_body and (length not in (None, "0") or "Transfer-Encoding" in self.request.headers):
+            # A body must be complete within REQUEST_BODY_TIMEOUT of the end of the headers.
+            loop = asyncio.get_running_loop()
+            self._body_timer = loop.call_later(self.ctx.settings.request_body_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._finished:
+            self._chunks.clear()
+            error = ApiError(408, "Request body did not arrive in time (REQUEST_BODY_TIMEOUT)", code="request_timeout")
+            self.send_error(408, exc_info=(ApiError, error, None))
+
+    def _body_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
@@ -131,8 +151,10 @@ class BaseHandler(RequestHandler):
 
     @property
     def body(self) -> bytes:
-        """The complete request body."""
-        return b"".join(self._chunks)
+        """The complete request body (joined once; the chunks are let go)."""
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -159,11 +181,12 @@ class BaseHandler(RequestHandler):
             error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
         self.clear_header("Content-Type")
         self.set_header("Content-Type", "application/json")
-        if error.status == 413:
-            # The rest of the body is not worth reading: answer, then close the connection.
+        closing = error.status in (408, 413)
+        if closing:
+            # The rest of the body is not worth waiting for: answer, then close the connection.
             self.set_header("Connection", "close")
         future = self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
-        if error.status == 413:
+        if closing:
             future.add_done_callback(lambda _: self._close_connection())
 
     @classmethod
@@ -190,17 +213,11 @@ class BaseHandler(RequestHandler):
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_finish(self) -> None:
-        self._release()
+        self._body_complete()
 
     def on_connection_close(self) -> None:
         self.client_aborted = True
-        self._release()
-
-    def _release(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.ctx.release()
-            IN_FLIGHT.dec()
+        self._body_complete()
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -217,10 +234,22 @@ class ApiHandler(BaseHandler):
     def initialize(self) -> None:
         super().initialize()
         self.cancel = Cancel()
+        self._counted = False
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self._release()
 
     def on_connection_close(self) -> None:
         self.cancel.cancel()
         super().on_connection_close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.ctx.release(self.cancel)
+            IN_FLIGHT.dec()
 
     def prepare(self) -> None:
         self._started = time.monotonic()
@@ -230,15 +259,32 @@ class ApiHandler(BaseHandler):
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
                 raise ApiError(401, "Invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
-        ctx = self.ctx
-        if self.request.method != "OPTIONS":
-            if ctx.in_flight >= ctx.settings.max_concurrent_requests:
-                raise ApiError(503, "The node is at its concurrent request limit; retry shortly", code="overloaded",
-                               headers={"Retry-After": "1"})
-            ctx.in_flight += 1
-            self._counted = True
-            IN_FLIGHT.inc()
+        if not self.accept_body and self.request.method != "OPTIONS":
+            self._admit()
         super().prepare()
+
+    def body_received(self) -> bool:
+        """Call first in a handler method that reads the body: the body is complete.
+
+        Only now does the request count toward MAX_CONCURRENT_REQUESTS (a
+        client trickling its body holds a connection, never a slot). False
+        when the request has been answered already (413, 408).
+        """
+        self._body_complete()
+        if self._finished:
+            return False
+        self._admit()
+        return True
+
+    def _admit(self) -> None:
+        """Count this request in flight, or 503 when the node is at MAX_CONCURRENT_REQUESTS."""
+        ctx = self.ctx
+        if ctx.in_flight >= ctx.settings.max_concurrent_requests:
+            raise ApiError(503, "The node is at its concurrent request limit; retry shortly", code="overloaded",
+                           headers={"Retry-After": "1"})
+        ctx.admit(self.cancel)
+        self._counted = True
+        IN_FLIGHT.inc()
 
 
 class NotFoundHandler(BaseHandler):

@@ -6,7 +6,10 @@ import ujson
 
 from handlers.base import ApiHandler
 from models.chat import parse_chat_request
+from models.errors import ApiError
 from utils import metrics
+from utils.netguard import check_custom_provider
+from utils.upstream import shutdown_error
 
 
 class ChatCompletionsHandler(ApiHandler):
@@ -17,13 +20,15 @@ class ChatCompletionsHandler(ApiHandler):
     machine_ip_header = True
 
     async def post(self) -> None:
-        if self._finished:
+        if not self.body_received():
             return
         ctx = self.ctx
         request = parse_chat_request(self.body, ctx.registry.names, ctx.settings.allow_custom_providers)
+        body = ctx.registry.upstream_body(request)
+        if request.custom is not None:
+            await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
         target = ctx.registry.target_for(request)
         self.provider = target.label
-        body = ctx.registry.upstream_body(request)
         if not request.stream:
             response = await ctx.upstream.complete(target, body, self.cancel)
             self.upstream_status = response.status
@@ -36,17 +41,25 @@ class ChatCompletionsHandler(ApiHandler):
         self.stream_bytes = result.bytes_sent
         if result.ttfb is not None:
             metrics.upstream_ttfb(target.label, result.ttfb)
+        if self.cancel.shutting_down:
+            metrics.stream_event("shutdown")
+            self.end_stream(shutdown_error())
+            return
         if result.outcome == "client_aborted" or self.cancel.cancelled:
             self.client_aborted = True
             metrics.stream_event("client_aborted")
             return
         if result.outcome == "upstream_failed" and result.error is not None:
             metrics.stream_event("upstream_failed")
-            event = ujson.dumps({"error": result.error.to_dict()}, escape_forward_slashes=False)
-            self.write(b"data: " + event.encode() + b"\n\n")
-            self.finish()
+            self.end_stream(result.error)
             return
         metrics.stream_event("completed")
+        self.finish()
+
+    def end_stream(self, error: ApiError) -> None:
+        """End a stream that has begun with one error event, so the client knows it is incomplete."""
+        event = ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False)
+        self.write(b"data: " + event.encode() + b"\n\n")
         self.finish()
 
     # -- StreamSink -------------------------------------------------------------------

@@ -10,8 +10,8 @@ import ujson
 from config import ConfigError, Settings
 from utils.netinfo import detect_local_ip
 from utils.providers import ProviderRegistry
-from utils.redact import Redactor
-from utils.upstream import UpstreamClient
+from utils.redact import PROCESS_REDACTOR
+from utils.upstream import SHUTDOWN, Cancel, UpstreamClient
 
 
 def load_models(path: str) -> list[str]:
@@ -33,7 +33,9 @@ class NodeContext:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redactor = Redactor(settings.secrets())
+        self.redactor = PROCESS_REDACTOR  # one per process: the log filter masks what this one knows
+        for secret in settings.secrets():
+            self.redactor.add(secret)
         self.registry = ProviderRegistry(settings)
         self.models = load_models(settings.supported_models_file)
         self.models_body = ujson.dumps(
@@ -45,9 +47,27 @@ class NodeContext:
         self.in_flight = 0
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []
+        self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
 
-    def release(self) -> None:
+    def admit(self, cancel: Cancel) -> None:
+        """One more request in flight (the caller checked MAX_CONCURRENT_REQUESTS)."""
+        self.in_flight += 1
+        self._running.add(cancel)
+
+    def cut_in_flight(self) -> int:
+        """Cancel every request still running (the drain ran out of time); how many there were.
+
+        Their upstream calls end at once; a stream then sends its client a
+        ``node_shutting_down`` error event, a JSON request answers 503.
+        """
+        running = list(self._running)
+        for cancel in running:
+            cancel.cancel(SHUTDOWN)
+        return len(running)
+
+    def release(self, cancel: Cancel) -> None:
         """One request of the in-flight count has ended."""
+        self._running.discard(cancel)
         self.in_flight -= 1
         if self.in_flight <= 0 and self._idle:
             for waiter in self._idle:

@@ -11,14 +11,16 @@ One :class:`UpstreamClient` per process wraps one shared
 
 Both can be cancelled through a :class:`Cancel` token (the client went away):
 the libcurl transfer is aborted from its progress callback and nudged so that
-even a silent upstream lets go at once (see STACK-NOTES.md).
+even a silent upstream lets go at once (see ``utils.curl.Transfer``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -33,8 +35,9 @@ from models.errors import ApiError
 from models.jsonbody import json_bytes
 from utils import metrics
 from utils.curl import LeanCurlClient, Transfer, TransferRefused, UpstreamCall
+from utils.netguard import FORBIDDEN_MESSAGE, AddressGuard
 from utils.providers import Target
-from utils.redact import Redactor
+from utils.redact import PROCESS_REDACTOR, Redactor
 
 log = logging.getLogger("mira.upstream")
 
@@ -47,8 +50,65 @@ LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_REC
 RETRY_ERRORS = CONNECT_ERRORS | LOST_ERRORS
 HIGH_WATER = 256 * 1024  # pause the upstream when this much is waiting for the client
 LOW_WATER = 64 * 1024  # and resume below this
-MAX_ERROR_BODY = 64 * 1024  # how much of an upstream error body is kept
+MAX_ERROR_BODY = 64 * 1024  # how much of an upstream error body is read; the transfer is ended there
+MAX_ERROR_MESSAGE = 500  # characters of an upstream error message passed on (after masking)
+MAX_ERROR_FIELD = 100  # characters of an upstream error's type or code passed on
 MAX_RETRY_AFTER = 30.0
+SHUTDOWN = "node shutting down"  # the Cancel reason of requests cut by the drain
+_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=(\"[\w .+/-]*\"|[\w.+/-]+))*$")
+
+
+def passable(status: int) -> bool:
+    """Whether an upstream status can be passed on: 2xx with a body (not 204), or 4xx/5xx.
+
+    1xx as a final answer, 204, 304 and every other 3xx (the node follows no
+    redirect), and anything outside 100-599 are not answers a client can use.
+    """
+    return (200 <= status < 300 and status != 204) or 400 <= status <= 599
+
+
+def invalid_status_error(target: Target, status: int) -> ApiError:
+    return ApiError(
+        502, f"{target.provider} API answered with HTTP status {status}, which the node cannot pass on",
+        code="upstream_invalid_response",
+    )
+
+
+_media_types: dict[str, str] = {}
+
+
+def media_type(raw: str | None) -> str:
+    """The Content-Type of an upstream JSON answer as passed on: a plain media type, else JSON.
+
+    Upstream header text never goes back as it is (it could carry anything);
+    the few distinct values seen are remembered, so this costs a dict look-up.
+    """
+    if not raw:
+        return "application/json"
+    known = _media_types.get(raw)
+    if known is None:
+        known = raw if len(raw) <= 100 and _MEDIA_TYPE.match(raw) and not PROCESS_REDACTOR.found_in(raw) else "application/json"
+        if len(_media_types) < 64:
+            _media_types[raw] = known
+    return known
+
+
+def shutdown_error() -> ApiError:
+    return ApiError(503, "The node is shutting down; retry on another node", code="node_shutting_down",
+                    headers={"Retry-After": "1"})
+
+
+def retry_after_seconds(raw: str | None) -> str | None:
+    """An upstream Retry-After worth passing on, as whole seconds; an HTTP date or junk is dropped."""
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return str(min(math.ceil(seconds), 3600))
 
 
 class Cancel:
@@ -73,6 +133,17 @@ class Cancel:
         self.reason = reason
         for transfer in list(self._transfers):
             transfer.abort()
+
+    @property
+    def shutting_down(self) -> bool:
+        """Cancelled by the drain (SHUTDOWN_TIMEOUT ran out), not by the client."""
+        return self.reason == SHUTDOWN
+
+    def error(self) -> ApiError:
+        """What a call cancelled under this token ends with: 499 (no one to tell), or 503 while shutting down."""
+        if self.shutting_down:
+            return shutdown_error()
+        return ApiError(499, "Client closed the request", type="client_closed")
 
 
 class StreamSink(Protocol):
@@ -124,6 +195,7 @@ class _StreamState:
         self.silent = False  # ended by the silence watchdog
         self.timer: asyncio.TimerHandle | None = None
         self.error_body = bytearray()
+        self.error_capped = False  # the error body reached MAX_ERROR_BODY and the transfer was ended
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.flushing = False
@@ -138,8 +210,12 @@ class _StreamState:
             curl = self.transfer.curl
             self.status = curl.getinfo(pycurl.RESPONSE_CODE) if curl is not None else 0
         if not 200 <= self.status < 300:
-            if len(self.error_body) < MAX_ERROR_BODY:
-                self.error_body += chunk[: MAX_ERROR_BODY - len(self.error_body)]
+            room = MAX_ERROR_BODY - len(self.error_body)
+            self.error_body += chunk[:room]
+            if len(chunk) >= room and not self.error_capped:
+                # An error body without end (or just a huge one): answer with what came.
+                self.error_capped = True
+                self.transfer.abort()
             return
         if self.client_gone:
             return
@@ -265,14 +341,18 @@ class UpstreamClient:
         stream: _StreamState | None = None,
     ) -> UpstreamCall:
         s = self.settings
+        guard = None
+        if target.guarded:
+            guard = transfer.guard = AddressGuard()
         if stream is not None:
             # No cap on a live stream; the longest silence is bounded by the stream's watchdog.
             return UpstreamCall(
                 target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer.prepare,
-                streaming_callback=stream.on_chunk,
+                streaming_callback=stream.on_chunk, opensocket=guard,
             )
         return UpstreamCall(
-            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare
+            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare,
+            opensocket=guard,
         )
 
     async def _attempt(self, call: UpstreamCall, transfer: Transfer) -> HTTPResponse:
@@ -304,8 +384,10 @@ class UpstreamClient:
         """An ApiError for an attempt that got no HTTP answer (code 599)."""
         err = response.error
         errno = getattr(err, "errno", None)
+        if transfer.guard is not None and transfer.guard.refused:
+            return ApiError(400, FORBIDDEN_MESSAGE, param="model_provider.base_url", code="custom_provider_forbidden")
         if cancel is not None and cancel.cancelled:
-            return ApiError(499, "Client closed the request", type="client_closed")
+            return cancel.error()
         if isinstance(err, TransferRefused) or transfer.aborted:
             return ApiError(503, "Upstream request was abandoned", headers={"Retry-After": "1"})
         if errno == pycurl.E_OPERATION_TIMEDOUT:
@@ -318,7 +400,14 @@ class UpstreamClient:
         return ApiError(502, f"Error calling {target.provider} API: {detail}", code="upstream_error")
 
     def status_error(self, target: Target, status: int, body: bytes, retry_after: str | None) -> ApiError:
-        """The node's error for an upstream 4xx/5xx answer."""
+        """The node's error for an upstream 4xx/5xx answer.
+
+        Everything taken from the upstream's body (message, type, code) is
+        masked first and cut after, so a key the upstream echoes never comes
+        back, not even its head across the cut.
+        """
+        if not passable(status):
+            return invalid_status_error(target, status)
         message, type_, code = "", None, None
         try:
             data = ujson.loads(body)
@@ -335,14 +424,15 @@ class UpstreamClient:
             if not message and isinstance(data.get("detail"), str):
                 message = data["detail"]
         if not isinstance(message, str) or not message:
-            message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
-        headers = {"Retry-After": retry_after} if retry_after and status in (429, 503) else None
+            message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+        seconds = retry_after_seconds(retry_after) if status in (429, 503) else None
+        cut = self.redact.cut
         return ApiError(
             status,
-            f"Error from {target.provider} API: {self.redact(message, target.api_key)}",
-            type=type_ or ("upstream_error" if status >= 500 else None),
-            code=code,
-            headers=headers,
+            f"Error from {target.provider} API: {cut(message, MAX_ERROR_MESSAGE, target.api_key)}",
+            type=cut(type_, MAX_ERROR_FIELD, target.api_key) if type_ else ("upstream_error" if status >= 500 else None),
+            code=cut(code, MAX_ERROR_FIELD, target.api_key) if code else None,
+            headers={"Retry-After": seconds} if seconds else None,
         )
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
@@ -366,7 +456,7 @@ class UpstreamClient:
                  target.provider, attempt, self.settings.upstream_retries, error.status, delay)
         await asyncio.sleep(delay)
         if cancel is not None and cancel.cancelled:
-            raise ApiError(499, "Client closed the request", type="client_closed")
+            raise cancel.error()
 
     # -- public calls -------------------------------------------------------------------
 
@@ -387,16 +477,16 @@ class UpstreamClient:
                 error = self._transport_error(target, response, transfer, cancel)
                 outcome = "cancelled" if error.status == 499 else "error"
                 metrics.upstream_call(target.label, outcome, time.monotonic() - started)
-                retryable = getattr(response.error, "errno", None) in RETRY_ERRORS
+                retryable = error.status == 502 and getattr(response.error, "errno", None) in RETRY_ERRORS
                 retry_after = None
             else:
                 metrics.upstream_call(target.label, str(status), time.monotonic() - started)
-                if 200 <= status < 300:
-                    content_type = response.headers.get("Content-Type", "application/json")
+                if 200 <= status < 300 and status != 204:
+                    content_type = media_type(response.headers.get("Content-Type"))
                     return UpstreamResponse(status, response.body or b"", content_type, retries=attempt)
                 retry_after = response.headers.get("Retry-After")
                 error = self.status_error(target, status, response.body or b"", retry_after)
-                retryable = status in RETRY_STATUSES
+                retryable = passable(status) and status in RETRY_STATUSES
             if not retryable or attempt >= retries:
                 raise error
             attempt += 1
@@ -437,36 +527,41 @@ class UpstreamClient:
                     state.timer.cancel()
             # the streaming buffer has delivered every chunk by now; let them reach the client
             await state.drained()
+            code = response.code
+            if code == 599 and state.error_capped:
+                code = state.status  # an error body cut at its cap: answer the error with what came
             result.retries = attempt
-            result.status = state.status or response.code
+            result.status = state.status or code
             elapsed = time.monotonic() - started
             if result.chunks:
                 if state.client_gone or (cancel is not None and cancel.cancelled):
                     result.outcome = "client_aborted"
-                elif response.code == 599:
+                elif code == 599:
                     result.outcome = "upstream_failed"
                     result.error = self._mid_stream_error(target, response, transfer, cancel, state.silent)
                 outcome = "error" if result.outcome == "upstream_failed" else str(result.status)
                 metrics.upstream_call(target.label, outcome, elapsed)
                 return result
-            if response.code == 599:
+            if code == 599:
                 if state.silent and not (cancel is not None and cancel.cancelled):
                     error = ApiError(504, f"{target.provider} API did not answer in time", code="upstream_timeout")
                 else:
                     error = self._transport_error(target, response, transfer, cancel)
                 metrics.upstream_call(target.label, "cancelled" if error.status == 499 else "error", elapsed)
-                retryable = not state.silent and getattr(response.error, "errno", None) in RETRY_ERRORS
+                retryable = (
+                    not state.silent and error.status == 502 and getattr(response.error, "errno", None) in RETRY_ERRORS
+                )
                 retry_after = None
-            elif 200 <= response.code < 300:
+            elif passable(code) and code < 300:
                 # an empty 2xx stream: nothing to relay, nothing went wrong
-                metrics.upstream_call(target.label, str(response.code), elapsed)
+                metrics.upstream_call(target.label, str(code), elapsed)
                 sink.begin()
                 return result
             else:
-                metrics.upstream_call(target.label, str(response.code), elapsed)
+                metrics.upstream_call(target.label, str(code), elapsed)
                 retry_after = response.headers.get("Retry-After")
-                error = self.status_error(target, response.code, bytes(state.error_body), retry_after)
-                retryable = response.code in RETRY_STATUSES
+                error = self.status_error(target, code, bytes(state.error_body), retry_after)
+                retryable = passable(code) and code in RETRY_STATUSES
             if not retryable or attempt >= retries:
                 raise error
             attempt += 1
