@@ -22,7 +22,8 @@ Endpoints (admin ones need ``Bearer admin_token``, liveness a token of the machi
 
 Switches: ``fail_first`` (the next K calls get 503), ``always_fail`` (every
 call gets 503), ``hang`` (no call is ever answered; it ends when the client
-leaves).
+leaves), ``refuse`` (``(status, text)``: every call gets that answer, as a
+router that echoes what it was sent might give).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class FakeRouter(LoopbackServer):
             self.fail_first = 0
             self.always_fail = False
             self.hang = False
+            self.refuse: tuple[int, str] | None = None
             self._calls: list[Call] = []
             self._serial = itertools.count(1)
             self._cond.notify_all()
@@ -184,7 +186,10 @@ class _Handler(tornado.web.RequestHandler):
         if self.router.hang:
             await self.gone.wait()
             raise tornado.web.Finish()
-        if fail:
+        if self.router.refuse is not None:
+            self.set_status(self.router.refuse[0])
+            self.finish(self.router.refuse[1])
+        elif fail:
             self.reply(503, {"detail": "router unavailable"})
         elif self.admin and self.call.authorization != f"Bearer {self.router.admin_token}":
             self.reply(401, {"detail": "invalid admin token"})

@@ -49,7 +49,10 @@ class Behavior:
     SSE with ``comments`` first, ``content`` split over ``chunks`` deltas (each
     padded with ``chunk_padding`` "x"), a final chunk and ``[DONE]``.
     ``drop_after_chunks`` / ``hang_after_chunks`` count those ``data:`` events.
-    ``headers`` are added to every answer.
+    ``headers`` are added to every answer. ``raw_response`` is written to the
+    socket as it is (status line and all), which is then closed: for answers
+    no HTTP server would send. ``error_body_bytes`` answers ``status`` with a
+    body of that many bytes, sent in 16 KB chunks as fast as the client reads.
     """
 
     status: int = 200
@@ -69,6 +72,8 @@ class Behavior:
     hang: bool = False
     hang_after_chunks: int | None = None
     tool_call: dict | None = None
+    raw_response: bytes | None = None
+    error_body_bytes: int = 0
 
 
 @dataclasses.dataclass
@@ -383,12 +388,20 @@ class _ChatHandler(_BaseHandler):
         if b.drop_before_headers:
             self.drop()
             return
+        if b.raw_response is not None:
+            self._end(finished=True)
+            stream = self.request.connection.detach()
+            await stream.write(b.raw_response)
+            stream.close()
+            return
         if b.hang:
             await self.pause(None)
         await self.pause(b.delay)
         for name, value in (b.headers or {}).items():
             self.set_header(name, value)
-        if b.raw_body is not None:
+        if b.error_body_bytes:
+            await self.endless_error(b)
+        elif b.raw_body is not None:
             self.set_status(b.status)
             self.set_header("Content-Type", b.content_type or "application/json")
             self.finish(b.raw_body)
@@ -404,6 +417,24 @@ class _ChatHandler(_BaseHandler):
             await self.stream(b, body)
         else:
             self.send_json(b.status, self.completion(b, body))
+
+    async def endless_error(self, b: Behavior) -> None:
+        """An error status whose body goes on for ``error_body_bytes`` (until the client leaves)."""
+        self.set_status(b.status)
+        self.set_header("Content-Type", "text/plain")
+        piece = b"x" * 16384
+        left = b.error_body_bytes
+        while left > 0:
+            if self.client_gone.is_set():
+                raise _ClientGone
+            self.write(piece[:left])
+            left -= len(piece)
+            try:
+                await self.flush()
+            except tornado.iostream.StreamClosedError:
+                self._end(finished=False)  # the client stopped reading before the end
+                raise
+        self.finish()
 
     def completion(self, b: Behavior, body: dict) -> dict:
         """Build a ``chat.completion`` object."""

@@ -155,6 +155,7 @@ async def test_openrouter_ignored_providers(node_url, upstream):
     assert "provider" not in third
 
 
+@pytest.mark.node_env(CUSTOM_PROVIDER_ALLOW_PRIVATE="true")  # the mock upstream is on loopback
 async def test_custom_model_provider(node_url, upstream):
     body = chat_body("my-local-model", model_provider={
         "base_url": upstream.base_url, "api_key": "sk-custom-SECRET-7777", "provider_name": "local"})

@@ -33,7 +33,7 @@ DOCUMENT_URI = "urn:mira:openapi.json"
 REGISTRY = Registry().with_resource(DOCUMENT_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012))
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head")
 
-# SPEC.md's Endpoints table (OPTIONS is documented on each of them).
+# The node's endpoints, as the README lists them (OPTIONS is documented on each of them).
 SPEC_PATHS = {"/health", "/v1/models", "/v1/chat/completions", "/v1/verify", "/v1/eval", "/metrics", "/openapi.json"}
 
 

@@ -289,6 +289,7 @@ async def test_service_api_key(node_url, upstream):
 # -- secrets ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.node_env(CUSTOM_PROVIDER_ALLOW_PRIVATE="true")  # the mock upstream is on loopback
 async def test_no_secret_reaches_a_response_or_a_log(node_url, upstream, caplog):
     custom_key = "sk-custom-SECRET-9999"
     all_secrets = [*SECRETS.values(), custom_key]

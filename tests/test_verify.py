@@ -154,6 +154,7 @@ async def test_invalid_json_is_400(node_url, upstream):
     assert error_of(response)["type"] == "invalid_request_error"
 
 
+@pytest.mark.node_env(CUSTOM_PROVIDER_ALLOW_PRIVATE="true")  # the mock upstream is on loopback
 async def test_custom_provider(node_url, upstream):
     upstream.default = verdict_call(True, "custom ok")
     provider = {"base_url": upstream.base_url, "api_key": "sk-custom-SECRET-9", "provider_name": "mine"}
