@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench bench-quick clean fuzz docker-build docker-run
+.PHONY: install run dev test lint bench bench-quick bench-hostile clean fuzz docker-build docker-run
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)  ## benchmark the node against a fast mock upstream (installs wr
 
 bench-quick: $(STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
 	$(PY) bench/run.py --quick
+
+bench-hostile: $(STAMP)  ## what huge and hostile request bodies cost the node (memory, event-loop stalls)
+	$(PY) bench/hostile.py
 
 .PHONY: demo eval-client
 

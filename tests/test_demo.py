@@ -146,4 +146,5 @@ def test_demo_stops_the_node_when_the_upstream_dies(demo: RunningDemo) -> None:
     os.kill(demo.pids["upstream"], signal.SIGKILL)
     assert demo.proc.wait(EXIT_TIMEOUT) == 1
     assert_all_gone(demo)
-    assert "the upstream" in demo.stderr_path.read_text()
+    log = demo.stderr_path.read_text()
+    assert "the upstream" in log, log
