@@ -25,10 +25,17 @@ test: $(STAMP)  ## run the test suite
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)  ## benchmark the node against a fast mock upstream (installs wrk if missing); see bench/README.md
+# The benchmark's own tools (matplotlib for the chart) go into .venv on top of the test set; `make test` does not need them.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## benchmark the node against a fast mock upstream (installs wrk if missing); table and chart, see bench/README.md
 	$(PY) bench/run.py
 
-bench-quick: $(STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
+bench-quick: $(BENCH_STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
 	$(PY) bench/run.py --quick
 
 bench-hostile: $(STAMP)  ## what huge and hostile request bodies cost the node (memory, event-loop stalls)

@@ -6,7 +6,9 @@ pointed at it) and drives both with wrk (JSON) and the asyncio probes of
 measured next to the same figure straight against the upstream, in the same
 run. The node runs alone on CPU 0; the upstream, wrk and this script share
 CPU 1. The table goes to stdout and, as markdown, to ``bench/results/``
-(a timestamped file and ``latest.md``). ``--quick`` runs in under a minute.
+(a timestamped file and ``latest.md``), with a PNG chart of the figures beside
+it when matplotlib is installed (``bench/chart.py``). ``--quick`` runs in under
+a minute.
 
 Every loop is bounded by counts and deadlines, all traffic stays on loopback,
 and every process started here is stopped by PID in ``finally`` blocks (also
@@ -34,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chart import panels, write_chart
 from clients import CHAT_PATH, StreamProbe, get_json, json_load, open_probe, stream_body, wait_first
 from upstream import raise_fd_limit
 
@@ -996,11 +999,26 @@ def report(m: Measurements, use_wrk: bool, pinned: bool, when: datetime) -> str:
     return "\n".join(header) + render_table(m) + "\n\n" + "\n".join(n if n.startswith("    ") else f"- {n}" for n in notes) + "\n"
 
 
-def save(text: str, plan: Plan, when: datetime) -> Path:
+def save(text: str, m: Measurements, when: datetime) -> Path:
+    """The table as markdown and the chart as PNG, each as a timestamped file and ``latest``; the chart never fails the run."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{when:%Y%m%d-%H%M%S}-{plan.name}.md"
+    path = RESULTS / f"{when:%Y%m%d-%H%M%S}-{m.plan.name}.md"
     path.write_text(text)
     (RESULTS / "latest.md").write_text(text)
+    log(f"written to {path.relative_to(ROOT)} and bench/results/latest.md")
+    latest_chart = RESULTS / "latest.png"
+    latest_chart.unlink(missing_ok=True)  # beside latest.md, never the chart of an earlier run
+    title = f"Benchmark, {m.plan.name} ({when:%Y-%m-%d %H:%M:%S}), commit {git_revision()}"
+    try:
+        chart = write_chart(panels(m), path.with_suffix(".png"), title)
+    except Exception as exc:  # a chart that cannot be drawn is reported, the table stands
+        log(f"chart skipped: {exc.__class__.__name__}: {exc}")
+        return path
+    if chart is None:
+        log("chart skipped: matplotlib is not installed (`make bench` installs requirements-bench.txt)")
+    else:
+        shutil.copyfile(chart, latest_chart)
+        log(f"chart written to {chart.relative_to(ROOT)} and bench/results/latest.png")
     return path
 
 
@@ -1063,7 +1081,7 @@ def main() -> int:
     shutil.rmtree(logdir, ignore_errors=True)
     text = report(measurements, use_wrk, pinned, when)
     print(text)
-    log(f"written to {save(text, plan, when).relative_to(ROOT)} and bench/results/latest.md")
+    save(text, measurements, when)
     return 0
 
 
