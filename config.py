@@ -32,6 +32,19 @@ PROVIDER_DEFAULTS: dict[str, tuple[str, str, str]] = {
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+# Every environment variable the node reads: tests, the benchmark and the demo clear or set these
+# (and only these), so a developer's own settings never leak into a run.
+ENV_VARIABLES: tuple[str, ...] = (
+    "ENV_FILE", "PORT", "HOST", "VERSION", "WORKERS",
+    "ROUTER_BASE_URL", "MACHINE_IP", "MACHINE_NAME", "ADMIN_API_TOKEN", "MACHINE_API_TOKEN",
+    "LIVENESS_INTERVAL", "ROUTER_RETRY_BACKOFF", "SUPPORTED_MODELS_FILE", "SERVICE_API_KEY",
+    "ALLOW_CUSTOM_PROVIDERS", "CUSTOM_PROVIDER_ALLOW_PRIVATE", "MAX_BODY_SIZE", "MAX_CONCURRENT_REQUESTS",
+    "REQUEST_BODY_TIMEOUT", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
+    "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
+    "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
+    "OPENROUTER_IGNORED_PROVIDERS",
+) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
+
 
 class ConfigError(ValueError):
     """A configuration variable has a value the node cannot run with."""

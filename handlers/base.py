@@ -23,7 +23,7 @@ from models.errors import ERROR_TYPES, ApiError
 from models.jsonbody import json_bytes
 from utils.context import NodeContext
 from utils.metrics import IN_FLIGHT
-from utils.upstream import Cancel
+from utils.upstream import Cancel, Cancelled, shutdown_error
 
 log = logging.getLogger("mira.handlers")
 
@@ -160,15 +160,17 @@ class BaseHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Cancelled):
+            if not exc.shutting_down:  # the client is gone: nothing to say to it
+                self.client_aborted = True
+                self.set_status(499, "Client Closed Request")
+                return
+            exc = shutdown_error()
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
             exc = ApiError(405, f"Method {self.request.method} is not allowed on {self.request.path}")
         if isinstance(exc, ApiError):
             error = exc
-            if exc.status == 499:  # the client is gone: nothing to say to it
-                self.client_aborted = True
-                self.set_status(499, "Client Closed Request")
-                return
             self.set_status(exc.status)
             for name, value in exc.headers.items():
                 self.set_header(name, value)
@@ -200,6 +202,8 @@ class BaseHandler(RequestHandler):
             stream.close()
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, Cancelled):
+            return
         if isinstance(value, ApiError):
             if value.status >= 500 and value.status != 503:
                 log.warning("%s %s: %s %s", self.request_id, self.request.path, value.status, value.message)

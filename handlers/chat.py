@@ -8,8 +8,7 @@ from handlers.base import ApiHandler
 from models.chat import parse_chat_request
 from models.errors import ApiError
 from utils import metrics
-from utils.netguard import check_custom_provider
-from utils.upstream import shutdown_error
+from utils.upstream import check_custom_provider, shutdown_error
 
 
 class ChatCompletionsHandler(ApiHandler):

@@ -11,7 +11,7 @@ from tornado.iostream import StreamClosedError
 from handlers.base import ApiHandler
 from models.evaluation import parse_eval_request
 from utils.evaluation import EvalRun, format_csv_rows, make_cell_call, output_header
-from utils.netguard import check_custom_provider
+from utils.upstream import check_custom_provider
 
 
 class EvalHandler(ApiHandler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler
 from models.verify import parse_verify_request
-from utils.netguard import check_custom_provider
+from utils.upstream import check_custom_provider
 from utils.verify import run_verify
 
 

@@ -186,7 +186,7 @@ def parse_custom_provider(value: Any, allowed: bool) -> CustomProvider | None:
     fragment or user info is refused (``custom_provider_forbidden``), since
     they would let a caller pick any path on any host. Which addresses the
     host may resolve to is checked later, where the connection is made
-    (``utils.netguard``).
+    (``utils.upstream.guard``).
     """
     if value is None:
         return None

@@ -23,21 +23,13 @@ from typing import Any
 
 import pytest
 
-from config import PROVIDER_DEFAULTS, load_settings
+from config import ENV_VARIABLES, PROVIDER_DEFAULTS, load_settings
 from tests.mock_upstream import MockUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every variable the node reads, cleared before each test builds its settings.
-NODE_VARIABLES = [
-    "PORT", "HOST", "VERSION", "WORKERS", "ROUTER_BASE_URL", "MACHINE_IP", "MACHINE_NAME", "ADMIN_API_TOKEN",
-    "MACHINE_API_TOKEN", "LIVENESS_INTERVAL", "SUPPORTED_MODELS_FILE", "SERVICE_API_KEY", "ALLOW_CUSTOM_PROVIDERS",
-    "MAX_BODY_SIZE", "MAX_CONCURRENT_REQUESTS", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
-    "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "UPSTREAM_RETRY_BACKOFF", "EVAL_CONCURRENCY",
-    "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
-    "OPENROUTER_IGNORED_PROVIDERS", "ENV_FILE", "ROUTER_RETRY_BACKOFF", "REQUEST_BODY_TIMEOUT",
-    "CUSTOM_PROVIDER_ALLOW_PRIVATE",
-] + [v for url, _, key in PROVIDER_DEFAULTS.values() for v in (url, key)]
+NODE_VARIABLES = list(ENV_VARIABLES)
 
 # Recognisable secrets: tests assert they never leak.
 SECRETS = {

@@ -436,7 +436,7 @@ async def test_dns_rebinding_is_caught_where_the_connection_is_made(node_url, up
     async def public(host: str) -> list[str]:
         return ["93.184.216.34"]
 
-    monkeypatch.setattr("utils.netguard.resolve", public)
+    monkeypatch.setattr("utils.upstream.guard.resolve", public)
     response = await post(node_url + CHAT, chat_body("m", model_provider={"base_url": f"http://localhost:{upstream.port}/v1"}))
     assert response.code == 400
     assert error_of(response)["code"] == "custom_provider_forbidden"

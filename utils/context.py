@@ -9,9 +9,8 @@ import ujson
 
 from config import ConfigError, Settings
 from utils.netinfo import detect_local_ip
-from utils.providers import ProviderRegistry
 from utils.redact import PROCESS_REDACTOR
-from utils.upstream import SHUTDOWN, Cancel, UpstreamClient
+from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
 
 
 def load_models(path: str) -> list[str]:

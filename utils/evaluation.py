@@ -18,8 +18,7 @@ from typing import Any
 from models.errors import ApiError
 from models.evaluation import EvalRequest
 from models.verify import ModelRef
-from utils.providers import ProviderRegistry
-from utils.upstream import Cancel, UpstreamClient
+from utils.upstream import Cancel, Cancelled, ProviderRegistry, UpstreamClient, shutdown_error
 from utils.verify import complete_chat, message_text, reply_message
 
 log = logging.getLogger("mira.eval")
@@ -149,6 +148,8 @@ class EvalRun:
             return await self.call(row, column)
         except ApiError as exc:
             return error_cell(exc.message)
+        except Cancelled as exc:
+            return error_cell(shutdown_error().message if exc.shutting_down else "cancelled")
         except Exception:
             log.exception("eval call for row %d, column %d failed", row + 1, column + 1)
             return error_cell("internal error")

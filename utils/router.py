@@ -31,8 +31,8 @@ from tornado.httpclient import HTTPRequest
 
 from config import Settings
 from utils import metrics
-from utils.curl import Transfer
 from utils.redact import PROCESS_REDACTOR, Redactor, tail
+from utils.upstream.transport import Transfer
 
 log = logging.getLogger("mira.router")
 

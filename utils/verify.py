@@ -17,8 +17,7 @@ import ujson
 
 from models.errors import ApiError
 from models.verify import ModelRef, VerifyRequest
-from utils.providers import ProviderRegistry
-from utils.upstream import Cancel, UpstreamClient
+from utils.upstream import Cancel, ProviderRegistry, UpstreamClient
 
 TOOL_NAME = "verify_statement"
 
@@ -176,8 +175,8 @@ async def complete_chat(
     Goes through the registry like a chat request, so provider-specific body
     additions (OpenRouter's ignored providers) apply here too.
     """
-    if cancel is not None and cancel.cancelled:  # a transfer begun after cancel() would not be aborted
-        raise cancel.error()
+    if cancel is not None:
+        cancel.check()  # a transfer begun after cancel() would not be aborted
     request = ref.chat_request(payload)
     target = registry.target_for(request)
     response = await upstream.complete(target, registry.upstream_body(request), cancel)

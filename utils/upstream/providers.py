@@ -8,7 +8,7 @@ from typing import Any
 from config import Settings
 from models.chat import ChatRequest
 from models.jsonbody import json_bytes
-from utils.curl import header_lines
+from utils.upstream.transport import header_lines
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Target:
     api_key: str = field(repr=False)
     label: str = ""  # bounded metrics label: the configured name, or "custom"
     header_lines: list[bytes] = field(default_factory=list, repr=False)  # as libcurl takes them
-    guarded: bool = False  # connect only to public addresses (a custom provider, see utils.netguard)
+    guarded: bool = False  # connect only to public addresses (a custom provider, see utils.upstream.guard)
 
 
 class ProviderRegistry:

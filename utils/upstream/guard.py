@@ -26,13 +26,9 @@ from typing import Any
 import pycurl
 
 from models.chat import CustomProvider, forbidden
+from utils.upstream.failures import FORBIDDEN_MESSAGE
 
 RESOLVE_TIMEOUT = 5.0  # seconds for the early look-up; past it the connect-time check still holds
-
-FORBIDDEN_MESSAGE = (
-    "model_provider.base_url resolves to a loopback, private, link-local or otherwise internal address,"
-    " which this node does not call (CUSTOM_PROVIDER_ALLOW_PRIVATE is off)"
-)
 
 
 def address_forbidden(address: str) -> bool:

@@ -1,4 +1,15 @@
-"""A lean request path through Tornado's libcurl client.
+"""The transport: the only module that knows Tornado's curl client from the inside.
+
+Everything else of the upstream engine talks to :class:`Transport`
+(start a call, is it idle, close), :class:`Transfer` (abort, pause, resume
+one call) and :func:`failure_of` (what a libcurl error means). The private
+names of ``tornado.curl_httpclient`` used here (``fetch_impl``,
+``_process_queue``, ``_curl_setup_request``, ``_curl_create``, ``_requests``,
+``_free_list``, ``_curls``, ``_CurlStreamingBuffer``, ``curl.info``) are
+checked by ``tests/test_tornado_contract.py``, which says what changed when a
+Tornado upgrade breaks one of them.
+
+A lean request path through Tornado's libcurl client:
 
 ``CurlAsyncHTTPClient.fetch`` builds an ``HTTPRequest`` (some forty
 attributes), copies its headers, wraps it in a defaults proxy, and then sets
@@ -21,7 +32,19 @@ from typing import Any
 import pycurl
 from tornado import curl_httpclient
 from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPResponse
 from tornado.httputil import HTTPHeaders
+
+from utils.upstream.failures import (
+    ConnectFailed,
+    ConnectionLost,
+    Forbidden,
+    QueueTimeout,
+    TimedOut,
+    TlsFailed,
+    TransportError,
+    UpstreamFailure,
+)
 
 USER_AGENT = "mira-service-node"
 # A non-streamed answer is held in memory whole: refuse one larger than this.
@@ -88,7 +111,7 @@ class Transfer:
         self.done = False
         self.paused = False
         self.owner = owner
-        self.guard: Any = None  # the AddressGuard of a custom provider's call (utils.netguard)
+        self.guard: Any = None  # the AddressGuard of a custom provider's call (utils.upstream.guard)
         if owner is not None:
             owner.add(self)
 
@@ -235,3 +258,63 @@ class _BoundedWriter:
         if self.size > MAX_BUFFERED_BODY:
             return 0  # libcurl ends the transfer with a write error
         return self.buffer.write(chunk)
+
+
+# libcurl errors of a connection that could not be made.
+CONNECT_ERRORS = frozenset((pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_SSL_CONNECT_ERROR))
+# ... and of one that broke before a whole answer arrived (a reset keep-alive connection, say).
+LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE))
+TLS_ERRORS = frozenset((pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE, pycurl.E_SSL_ISSUER_ERROR))
+
+
+def failure_of(response: HTTPResponse, transfer: Transfer, provider: str) -> UpstreamFailure:
+    """What an attempt that got no HTTP answer (Tornado's code 599) failed of."""
+    err = response.error
+    errno = getattr(err, "errno", None)
+    if transfer.guard is not None and transfer.guard.refused:
+        return Forbidden(provider)
+    if isinstance(err, TransferRefused) or transfer.aborted:
+        return QueueTimeout(provider)  # dropped while it waited for a slot
+    if errno == pycurl.E_OPERATION_TIMEDOUT:
+        return TimedOut(provider)
+    if errno in TLS_ERRORS:
+        return TlsFailed(provider)
+    if errno in CONNECT_ERRORS:
+        return ConnectFailed(provider)
+    if errno in LOST_ERRORS:
+        return ConnectionLost(provider)
+    return TransportError(provider, str(err) if err is not None else "")
+
+
+def status_of(transfer: Transfer) -> int:
+    """The HTTP status of a running transfer, read from its libcurl handle (0 when not known yet).
+
+    Tornado queues header lines with ``add_callback`` but flushes a fast
+    response's body synchronously, so the body may reach the streaming
+    callback before the status line has been parsed: the handle knows.
+    """
+    curl = transfer.curl
+    return curl.getinfo(pycurl.RESPONSE_CODE) if curl is not None else 0
+
+
+class Transport:
+    """The process's one libcurl client: pooled keep-alive connections, at most ``max_connections`` transfers."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.http = LeanCurlClient(
+            force_instance=True,
+            max_clients=max_connections,
+            max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped by _BoundedWriter
+        )
+
+    def start(self, call: UpstreamCall, done: Callable[[HTTPResponse], None]) -> None:
+        """Queue ``call``; ``done`` gets its response (code 599 for a transport failure)."""
+        self.http.fetch_impl(call, done)  # type: ignore[arg-type]
+
+    def idle(self) -> bool:
+        """No transfer running or waiting for a slot."""
+        http = self.http
+        return not http._requests and len(http._free_list) == len(http._curls)
+
+    def close(self) -> None:
+        self.http.close()

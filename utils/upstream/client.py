@@ -1,0 +1,339 @@
+"""The upstream client: every call to a provider goes through here.
+
+One :class:`UpstreamClient` per process, on one :class:`~utils.upstream.transport.Transport`
+(pooled keep-alive connections). JSON calls and streams go through the same
+attempt engine (:meth:`UpstreamClient._with_retries`): an attempt either
+returns or raises a typed :class:`~utils.upstream.failures.UpstreamFailure`;
+a retryable one (a connection failure, 429/502/503/504) is tried again with
+back-off (an upstream ``Retry-After`` wins, up to 30 s), and what is left is
+turned into the caller's ``ApiError`` in one place
+(:func:`~utils.upstream.failures.api_error`). A stream raises only while
+nothing has reached the client; after its first byte, how it ended is
+reported in its :class:`~utils.upstream.relay.StreamResult`.
+
+Both can be cancelled through a :class:`Cancel` token (the client went away,
+or the drain ran out of time): the libcurl transfer is aborted at once, even
+when the upstream is silent, and the call raises
+:class:`~utils.upstream.failures.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tornado.httpclient import HTTPResponse
+
+from config import Settings
+from models.errors import ApiError
+from utils import metrics
+from utils.redact import PROCESS_REDACTOR, Redactor
+from utils.upstream.failures import (
+    SHUTDOWN,
+    Cancelled,
+    InvalidStatus,
+    QueueTimeout,
+    TimedOut,
+    UpstreamFailure,
+    UpstreamStatus,
+    api_error,
+)
+from utils.upstream.guard import AddressGuard
+from utils.upstream.providers import Target
+from utils.upstream.relay import Relay, StreamResult, StreamSink
+from utils.upstream.transport import Transfer, Transport, UpstreamCall, failure_of
+
+log = logging.getLogger("mira.upstream")
+
+MAX_RETRY_AFTER = 30.0
+_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=(\"[\w .+/-]*\"|[\w.+/-]+))*$")
+T = TypeVar("T")
+
+
+def passable(status: int) -> bool:
+    """Whether an upstream status can be passed on: 2xx with a body (not 204), or 4xx/5xx.
+
+    1xx as a final answer, 204, 304 and every other 3xx (the node follows no
+    redirect), and anything outside 100-599 are not answers a client can use.
+    """
+    return (200 <= status < 300 and status != 204) or 400 <= status <= 599
+
+
+_media_types: dict[str, str] = {}
+
+
+def media_type(raw: str | None) -> str:
+    """The Content-Type of an upstream JSON answer as passed on: a plain media type, else JSON.
+
+    Upstream header text never goes back as it is (it could carry anything);
+    the few distinct values seen are remembered, so this costs a dict look-up.
+    """
+    if not raw:
+        return "application/json"
+    known = _media_types.get(raw)
+    if known is None:
+        plain = len(raw) <= 100 and _MEDIA_TYPE.match(raw) and not PROCESS_REDACTOR.found_in(raw)
+        known = raw if plain else "application/json"
+        if len(_media_types) < 64:
+            _media_types[raw] = known
+    return known
+
+
+class Cancel:
+    """Cancels the upstream transfers of one client request.
+
+    The handler calls :meth:`cancel` when its client disconnects (the drain,
+    with reason :data:`SHUTDOWN`, when its time ran out); every transfer
+    started under this token is aborted and a queued one is refused before it
+    reaches the upstream.
+    """
+
+    __slots__ = ("cancelled", "reason", "_transfers")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.reason = ""
+        self._transfers: set[Transfer] = set()
+
+    def cancel(self, reason: str = "client disconnected") -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.reason = reason
+        for transfer in list(self._transfers):
+            transfer.abort()
+
+    @property
+    def shutting_down(self) -> bool:
+        """Cancelled by the drain (SHUTDOWN_TIMEOUT ran out), not by the client."""
+        return self.reason == SHUTDOWN
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if this token has been cancelled."""
+        if self.cancelled:
+            raise Cancelled(self.reason)
+
+    def transfer(self) -> Transfer:
+        """A new transfer that this token aborts."""
+        return Transfer(self._transfers)
+
+
+@dataclass
+class UpstreamResponse:
+    """A buffered upstream answer with a 2xx status."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class UpstreamClient:
+    """The process's one way out to the providers."""
+
+    def __init__(self, settings: Settings, redactor: Redactor) -> None:
+        # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
+        # headers, Authorization included: never let it run.
+        logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
+        self.settings = settings
+        self.redact = redactor
+        self.transport = Transport(settings.upstream_max_connections)
+        self.http = self.transport.http  # the router client's public fetch() goes through the same pool
+
+    def idle(self) -> bool:
+        """No transfer running or waiting for a slot."""
+        return self.transport.idle()
+
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Close the client once aborted transfers have wound down (at most ``timeout`` s).
+
+        Closing libcurl's multi handle under a running transfer makes Tornado
+        log a traceback; aborted transfers end within a few IOLoop turns.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.idle() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.transport.close()
+
+    # -- public calls -------------------------------------------------------------------
+
+    async def complete(self, target: Target, body: bytes, cancel: Cancel | None = None) -> UpstreamResponse:
+        """POST ``body`` and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
+        try:
+            return await self._with_retries(target, lambda: self._attempt_json(target, body, cancel), cancel)
+        except UpstreamFailure as failure:
+            raise api_error(failure, self.redact) from None
+
+    async def stream(self, target: Target, body: bytes, sink: StreamSink, cancel: Cancel | None = None) -> StreamResult:
+        """Relay a streamed answer to ``sink`` chunk by chunk.
+
+        Before the first byte reaches the sink an upstream failure raises
+        ``ApiError`` (after retries) so that the handler can answer an
+        ordinary JSON error. After it, failures are reported in the result
+        (``outcome`` and ``error``) and the handler ends the stream.
+        """
+        result = StreamResult()
+        try:
+            return await self._with_retries(target, lambda: self._attempt_stream(target, body, sink, result, cancel), cancel)
+        except UpstreamFailure as failure:
+            raise api_error(failure, self.redact) from None
+
+    # -- the attempt engine ------------------------------------------------------------
+
+    async def _with_retries(self, target: Target, attempt: Callable[[], Awaitable[T]], cancel: Cancel | None) -> T:
+        """Run ``attempt`` until it returns, retrying a retryable failure up to UPSTREAM_RETRIES times."""
+        retries = self.settings.upstream_retries
+        tried = 0
+        while True:
+            try:
+                return await attempt()
+            except UpstreamFailure as failure:
+                if not failure.retryable or tried >= retries:
+                    raise
+                retry_after = failure.retry_after if isinstance(failure, UpstreamStatus) else None
+                status = failure.status if isinstance(failure, UpstreamStatus) else "connection"
+            tried += 1
+            if cancel is not None:
+                cancel.check()
+            delay = self._backoff(tried - 1, retry_after)
+            metrics.upstream_retry(target.label)
+            log.info("retrying %s API (retry %d of %d) after %s in %.2fs", target.provider, tried, retries, status, delay)
+            await asyncio.sleep(delay)
+            if cancel is not None:
+                cancel.check()
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
+            except ValueError:
+                pass
+        base = self.settings.retry_backoff * (2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    def _call(self, target: Target, body: bytes, transfer: Transfer, relay: Relay | None = None) -> UpstreamCall:
+        s = self.settings
+        guard = None
+        if target.guarded:
+            guard = transfer.guard = AddressGuard()
+        if relay is not None:
+            # No cap on a live stream; the longest silence is bounded by the stream's watchdog.
+            return UpstreamCall(
+                target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer.prepare,
+                streaming_callback=relay.on_chunk, opensocket=guard,
+            )
+        return UpstreamCall(
+            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare,
+            opensocket=guard,
+        )
+
+    async def _send(self, call: UpstreamCall, transfer: Transfer) -> HTTPResponse:
+        """Run one call; a transport failure comes back as a 599 response.
+
+        A call that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
+        is dropped (it never reaches the upstream): :class:`QueueTimeout`.
+        """
+        future: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
+
+        def done(response: HTTPResponse) -> None:
+            if not future.done():
+                future.set_result(response)
+
+        self.transport.start(call, done)
+        try:
+            if not transfer.started and not future.done():
+                await asyncio.wait((future,), timeout=self.settings.upstream_queue_timeout)
+                if not transfer.started and not future.done():
+                    transfer.abort()  # refused by prepare() if a slot frees later
+                    raise QueueTimeout("upstream")
+            return await future
+        finally:
+            transfer.finish()
+
+    def _new_transfer(self, cancel: Cancel | None) -> Transfer:
+        return cancel.transfer() if cancel is not None else Transfer()
+
+    async def _attempt_json(self, target: Target, body: bytes, cancel: Cancel | None) -> UpstreamResponse:
+        transfer = self._new_transfer(cancel)
+        started = time.monotonic()
+        try:
+            response = await self._send(self._call(target, body, transfer), transfer)
+        except QueueTimeout:
+            metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
+            raise
+        status = response.code
+        elapsed = time.monotonic() - started
+        if status == 599:
+            if cancel is not None and cancel.cancelled:
+                metrics.upstream_call(target.label, "cancelled", elapsed)
+                raise Cancelled(cancel.reason)
+            metrics.upstream_call(target.label, "error", elapsed)
+            raise failure_of(response, transfer, target.provider)
+        metrics.upstream_call(target.label, str(status), elapsed)
+        if 200 <= status < 300 and status != 204:
+            return UpstreamResponse(status, response.body or b"", media_type(response.headers.get("Content-Type")))
+        if not passable(status):
+            raise InvalidStatus(target.provider, status)
+        raise UpstreamStatus(target.provider, status, response.body or b"", response.headers.get("Retry-After"), target.api_key)
+
+    async def _attempt_stream(
+        self, target: Target, body: bytes, sink: StreamSink, result: StreamResult, cancel: Cancel | None
+    ) -> StreamResult:
+        transfer = self._new_transfer(cancel)
+        started = time.monotonic()
+        relay = Relay(sink, transfer, result, started)
+        relay.watch_silence(self.settings.upstream_timeout)
+        try:
+            response = await self._send(self._call(target, body, transfer, relay), transfer)
+        except QueueTimeout:
+            metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
+            raise
+        finally:
+            if relay.timer is not None:
+                relay.timer.cancel()
+        # the streaming buffer has delivered every chunk by now; let them reach the client
+        await relay.drained()
+        code = response.code
+        if code == 599 and relay.error_capped:
+            code = relay.status  # an error body cut at its cap: answer the error with what came
+        result.status = relay.status or code
+        elapsed = time.monotonic() - started
+        cancelled = cancel is not None and cancel.cancelled
+        if result.chunks:
+            # Bytes reached the client: how the stream ended is reported, never raised.
+            if relay.client_gone or cancelled:
+                result.outcome = "client_aborted"
+            elif code == 599:
+                result.outcome = "upstream_failed"
+                result.error = self._mid_stream_error(target, response, transfer, relay.silent)
+            metrics.upstream_call(target.label, "error" if result.outcome == "upstream_failed" else str(result.status), elapsed)
+            return result
+        if code == 599:
+            if cancelled and cancel is not None:
+                metrics.upstream_call(target.label, "cancelled", elapsed)
+                raise Cancelled(cancel.reason)
+            metrics.upstream_call(target.label, "error", elapsed)
+            raise TimedOut(target.provider) if relay.silent else failure_of(response, transfer, target.provider)
+        metrics.upstream_call(target.label, str(code), elapsed)
+        if not passable(code):
+            raise InvalidStatus(target.provider, code)
+        if code < 300:
+            sink.begin()  # an empty 2xx stream: nothing to relay, nothing went wrong
+            return result
+        raise UpstreamStatus(target.provider, code, bytes(relay.error_body), response.headers.get("Retry-After"), target.api_key)
+
+    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: Transfer, silent: bool) -> ApiError:
+        if silent:
+            silence = f"{self.settings.upstream_timeout:g}s"
+            return ApiError(504, f"{target.provider} API went silent for more than {silence} mid-stream", code="upstream_timeout")
+        error = api_error(failure_of(response, transfer, target.provider), self.redact)
+        error.message = f"Stream from {target.provider} API ended early: " + error.message
+        return error
