@@ -45,6 +45,7 @@ HEALTH_TIMEOUT = 10.0
 NODE_DRAIN_SECONDS = 5
 STOP_TIMEOUT = NODE_DRAIN_SECONDS + 5.0
 KILL_TIMEOUT = 5.0
+EXIT_GRACE = 1.0  # seconds for a child whose output ended to be reaped
 POLL = 0.2
 # Variables of the caller's environment that the children keep (nothing of the node's own settings).
 PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
@@ -109,6 +110,12 @@ class Child:
                 self._cond.wait(min(remaining, POLL))
 
     def alive(self) -> bool:
+        if self._eof:
+            # Its output ended, so it is exiting; the pipe closes a moment before the exit status can be read.
+            try:
+                self.proc.wait(EXIT_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
         return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
