@@ -55,16 +55,13 @@ OPENING_AT_ONCE = 200  # held streams being opened concurrently
 ABORT_SILENCE_MS = 60_000  # after its first event an abort probe's upstream stays silent
 FD_RESERVE = 100  # descriptors a node needs besides two sockets per stream (client + upstream)
 
-# Variables the node reads: a developer's own settings must not leak into the run.
-NODE_VARIABLES = (
-    "PORT HOST VERSION WORKERS ROUTER_BASE_URL MACHINE_IP MACHINE_NAME ADMIN_API_TOKEN MACHINE_API_TOKEN "
-    "LIVENESS_INTERVAL SUPPORTED_MODELS_FILE SERVICE_API_KEY ALLOW_CUSTOM_PROVIDERS MAX_BODY_SIZE "
-    "MAX_CONCURRENT_REQUESTS UPSTREAM_CONNECT_TIMEOUT UPSTREAM_TIMEOUT UPSTREAM_RETRIES UPSTREAM_MAX_CONNECTIONS "
-    "UPSTREAM_QUEUE_TIMEOUT UPSTREAM_RETRY_BACKOFF EVAL_CONCURRENCY EVAL_MAX_ROWS VERIFY_DEFAULT_MODEL "
-    "SHUTDOWN_TIMEOUT CORS_ORIGINS LOG_LEVEL LOG_FORMAT OPENROUTER_IGNORED_PROVIDERS ENV_FILE "
-    "OPENAI_BASE_URL OPENAI_API_KEY OPENROUTER_BASE_URL OPENROUTER_API_KEY ANTHROPIC_BASE_URL ANTHROPIC_API_KEY "
-    "GROQ_BASE_URL GROQ_API_KEY MIRA_BASE_URL MIRA_API_KEY"
-).split()
+def node_variables() -> tuple[str, ...]:
+    """Variables the node reads (config.ENV_VARIABLES): a developer's own settings must not leak into the run."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from config import ENV_VARIABLES
+
+    return ENV_VARIABLES
 
 
 @dataclass(frozen=True)
@@ -193,7 +190,7 @@ async def start_upstream(procs: Processes) -> Service:
 
 
 def node_env(upstream_port: int, limit: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in NODE_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in node_variables()}
     env.update(
         ENV_FILE="/dev/null",
         HOST=HOST,
