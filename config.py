@@ -42,7 +42,7 @@ ENV_VARIABLES: tuple[str, ...] = (
     "REQUEST_BODY_TIMEOUT", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
     "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
     "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
-    "OPENROUTER_IGNORED_PROVIDERS",
+    "OPENROUTER_IGNORED_PROVIDERS", "MODEL_FALLBACKS_FILE", "CIRCUIT_FAILURES", "CIRCUIT_COOLDOWN",
 ) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
 
 
@@ -91,6 +91,9 @@ class Settings:
     shutdown_timeout: float = 30.0
     request_body_timeout: float = 30.0
     custom_provider_allow_private: bool = False
+    model_fallbacks_file: str = ""
+    circuit_failures: int = 5
+    circuit_cooldown: float = 30.0
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     log_format: str = "text"
@@ -237,6 +240,9 @@ def load_settings(env_file: str | None = None) -> Settings:
         shutdown_timeout=get("SHUTDOWN_TIMEOUT", 30.0, _float(0.0)),
         request_body_timeout=get("REQUEST_BODY_TIMEOUT", 30.0, _float(0.0, strict=True)),
         custom_provider_allow_private=get("CUSTOM_PROVIDER_ALLOW_PRIVATE", False, _bool),
+        model_fallbacks_file=get("MODEL_FALLBACKS_FILE", ""),
+        circuit_failures=get("CIRCUIT_FAILURES", 5, _int(0)),
+        circuit_cooldown=get("CIRCUIT_COOLDOWN", 30.0, _float(0.0, strict=True)),
         cors_origins=get("CORS_ORIGINS", ("*",), _csv) or ("*",),
         log_level=get("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS)),
         log_format=get("LOG_FORMAT", "text", _choice("text", "json")),

@@ -26,20 +26,23 @@ class ChatCompletionsHandler(ApiHandler):
         body = ctx.registry.upstream_body(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
-        target = ctx.registry.target_for(request)
-        self.provider = target.label
+        plan = ctx.routing.plan(request, body)
+        self.provider = plan.primary.target.label
         if not request.stream:
-            response = await ctx.upstream.complete(target, body, self.cancel)
+            response, route = await ctx.upstream.complete_routes(plan, self.cancel)
+            self.answered_by(route.model_id)
+            self.provider = route.target.label
             self.upstream_status = response.status
             self.set_status(response.status)
             self.set_header("Content-Type", response.content_type)
             self.finish(response.body)
             return
-        result = await ctx.upstream.stream(target, body, self, self.cancel)
+        result, route = await ctx.upstream.stream_routes(plan, self, self.cancel)
+        self.provider = route.target.label
         self.upstream_status = result.status
         self.stream_bytes = result.bytes_sent
         if result.ttfb is not None:
-            metrics.upstream_ttfb(target.label, result.ttfb)
+            metrics.upstream_ttfb(route.target.label, result.ttfb)
         if self.cancel.shutting_down:
             metrics.stream_event("shutdown")
             self.end_stream(shutdown_error())
@@ -61,11 +64,16 @@ class ChatCompletionsHandler(ApiHandler):
         self.write(b"data: " + event.encode() + b"\n\n")
         self.finish()
 
+    def answered_by(self, model_id: str) -> None:
+        """``X-Mira-Model``: the model that answered (the primary, or the fallback that took over)."""
+        self.set_header("X-Mira-Model", model_id)
+
     # -- StreamSink -------------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, model_id: str) -> None:
         """Switch the response to SSE before its first byte."""
         metrics.stream_event("opened")
+        self.answered_by(model_id)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")

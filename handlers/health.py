@@ -15,7 +15,7 @@ class HealthHandler(BaseHandler):
         if ctx.draining:
             self.write_json({"status": "draining", "version": ctx.settings.version}, status=503)
         else:
-            self.write_json({"status": "ok", "version": ctx.settings.version})
+            self.write_json({"status": "ok", "version": ctx.settings.version, "providers": ctx.routing.health()})
 
 
 class ModelsHandler(ApiHandler):

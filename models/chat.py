@@ -249,15 +249,39 @@ def split_model(model: Any, providers: Collection[str], param: str = "model") ->
     return provider, name
 
 
+MAX_FALLBACKS = 8
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A model to try when the one before it failed: ``openai/gpt-4o`` as provider, name and id."""
+
+    provider: str
+    name: str
+    id: str
+
+
+def parse_fallbacks(value: Any, providers: Collection[str]) -> list[Fallback] | None:
+    """A request's ``fallbacks`` (None when absent: the node's MODEL_FALLBACKS_FILE decides)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise bad_request("'fallbacks' must be an array of model ids (PROVIDER/MODEL)", param="fallbacks")
+    if len(value) > MAX_FALLBACKS:
+        raise bad_request(f"'fallbacks' may name at most {MAX_FALLBACKS} models", param="fallbacks")
+    return [Fallback(*split_model(item, providers, f"fallbacks[{i}]"), item) for i, item in enumerate(value)]
+
+
 @dataclass
 class ChatRequest:
     """A validated chat completion request, ready to be sent upstream."""
 
-    body: dict[str, Any]  # the upstream body: model rewritten, model_provider removed
+    body: dict[str, Any]  # the upstream body: model rewritten, model_provider and fallbacks removed
     provider: str  # provider name ("openai", ...) or the custom provider's name
     model: str  # the model name as sent upstream
     stream: bool
     custom: CustomProvider | None = None
+    fallbacks: list[Fallback] | None = None  # None: not given by the request
 
 
 def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: bool) -> ChatRequest:
@@ -266,6 +290,7 @@ def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: boo
     for name in FIELD_TYPES.keys() & body.keys():
         check_type(body, name, FIELD_TYPES[name])
     custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
+    fallbacks = parse_fallbacks(body.pop("fallbacks", None), providers) if "fallbacks" in body else None
     model = body.get("model")
     if custom is not None:
         if not isinstance(model, str) or not model:
@@ -276,7 +301,8 @@ def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: boo
         body["model"] = upstream_model
     check_messages(body)
     return ChatRequest(
-        body=body, provider=provider, model=upstream_model, stream=body.get("stream") is True, custom=custom
+        body=body, provider=provider, model=upstream_model, stream=body.get("stream") is True, custom=custom,
+        fallbacks=fallbacks,
     )
 
 

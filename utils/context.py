@@ -11,6 +11,7 @@ from config import ConfigError, Settings
 from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
+from utils.upstream.routing import Routing
 
 
 def load_models(path: str) -> list[str]:
@@ -36,13 +37,14 @@ class NodeContext:
         for secret in settings.secrets():
             self.redactor.add(secret)
         self.registry = ProviderRegistry(settings)
+        self.routing = Routing(settings, self.registry)
         self.models = load_models(settings.supported_models_file)
         self.models_body = ujson.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": m.split("/", 1)[0]} for m in self.models]},
             escape_forward_slashes=False,
         ).encode()
         self.machine_ip = settings.machine_ip or detect_local_ip()
-        self.upstream = UpstreamClient(settings, self.redactor)
+        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit)
         self.in_flight = 0
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []

@@ -33,6 +33,8 @@ UPSTREAM_TTFB = Histogram(
 UPSTREAM_RETRIES = Counter("mira_upstream_retries", "Upstream retries by provider", ["provider"])
 STREAMS = Counter("mira_streams", "Streams by event: opened, completed, client_aborted, upstream_failed", ["event"])
 HEARTBEAT_FAILURES = Counter("mira_heartbeat_failures", "Liveness heartbeats that failed")
+PROVIDER_UP = Gauge("mira_provider_up", "1 unless the provider's circuit is open", ["provider"], multiprocess_mode="min")
+FALLBACKS = Counter("mira_fallbacks", "Switches from a failing provider to the next fallback", ["from", "to"])
 
 
 # Labelled children, looked up once: ``labels()`` costs a lock and a tuple per call.
@@ -69,3 +71,11 @@ def stream_event(event: str) -> None:
 
 def upstream_ttfb(provider: str, seconds: float) -> None:
     _child(UPSTREAM_TTFB, provider).observe(seconds)
+
+
+def provider_up(provider: str, up: bool) -> None:
+    _child(PROVIDER_UP, provider).set(1 if up else 0)
+
+
+def fallback(from_provider: str, to_provider: str) -> None:
+    _child(FALLBACKS, from_provider, to_provider).inc()

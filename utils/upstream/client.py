@@ -20,11 +20,12 @@ when the upstream is silent, and the call raises
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,6 +38,7 @@ from utils.redact import PROCESS_REDACTOR, Redactor
 from utils.upstream.failures import (
     SHUTDOWN,
     Cancelled,
+    Forbidden,
     InvalidStatus,
     QueueTimeout,
     TimedOut,
@@ -47,6 +49,7 @@ from utils.upstream.failures import (
 from utils.upstream.guard import AddressGuard
 from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
+from utils.upstream.routing import Circuit, Route, provider_unavailable
 from utils.upstream.transport import Transfer, Transport, UpstreamCall, failure_of
 
 log = logging.getLogger("mira.upstream")
@@ -54,6 +57,16 @@ log = logging.getLogger("mira.upstream")
 MAX_RETRY_AFTER = 30.0
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=(\"[\w .+/-]*\"|[\w.+/-]+))*$")
 T = TypeVar("T")
+
+
+FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))
+
+
+def falls_back(failure: UpstreamFailure) -> bool:
+    """Whether another provider could avoid ``failure``: not for the request itself (400, 413, 422)."""
+    if isinstance(failure, UpstreamStatus):
+        return failure.status in FALLBACK_STATUSES or failure.status >= 500
+    return not isinstance(failure, (Forbidden, QueueTimeout))
 
 
 def passable(status: int) -> bool:
@@ -133,10 +146,19 @@ class UpstreamResponse:
     content_type: str
 
 
+def _name(error: ApiError, route: Route) -> ApiError:
+    """Mark an error with the model it is the answer of (X-Mira-Model), when the route names one."""
+    if route.model_id:
+        error.headers["X-Mira-Model"] = route.model_id
+    return error
+
+
 class UpstreamClient:
     """The process's one way out to the providers."""
 
-    def __init__(self, settings: Settings, redactor: Redactor) -> None:
+    def __init__(
+        self, settings: Settings, redactor: Redactor, circuit_of: Callable[[Target], Circuit | None] | None = None
+    ) -> None:
         # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
         # headers, Authorization included: never let it run.
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
@@ -144,6 +166,7 @@ class UpstreamClient:
         self.redact = redactor
         self.transport = Transport(settings.upstream_max_connections)
         self.http = self.transport.http  # the router client's public fetch() goes through the same pool
+        self.circuit_of = circuit_of or (lambda target: None)
 
     def idle(self) -> bool:
         """No transfer running or waiting for a slot."""
@@ -165,39 +188,98 @@ class UpstreamClient:
 
     async def complete(self, target: Target, body: bytes, cancel: Cancel | None = None) -> UpstreamResponse:
         """POST ``body`` and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
-        try:
-            return await self._with_retries(target, lambda: self._attempt_json(target, body, cancel), cancel)
-        except UpstreamFailure as failure:
-            raise api_error(failure, self.redact) from None
+        response, _ = await self.complete_routes((Route("", target, body),), cancel)
+        return response
+
+    async def complete_routes(self, routes: Iterable[Route], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Route]:
+        """:meth:`complete` on the first route that answers; the answer and that route."""
+        return await self._across(routes, lambda route: self._attempt_json(route.target, route.body, cancel), cancel)
 
     async def stream(self, target: Target, body: bytes, sink: StreamSink, cancel: Cancel | None = None) -> StreamResult:
-        """Relay a streamed answer to ``sink`` chunk by chunk.
+        """Relay a streamed answer to ``sink`` chunk by chunk (see :meth:`stream_routes`)."""
+        result, _ = await self.stream_routes((Route("", target, body),), sink, cancel)
+        return result
+
+    async def stream_routes(
+        self, routes: Iterable[Route], sink: StreamSink, cancel: Cancel | None = None
+    ) -> tuple[StreamResult, Route]:
+        """Relay the first route's stream that answers to ``sink``, chunk by chunk.
 
         Before the first byte reaches the sink an upstream failure raises
-        ``ApiError`` (after retries) so that the handler can answer an
-        ordinary JSON error. After it, failures are reported in the result
-        (``outcome`` and ``error``) and the handler ends the stream.
+        ``ApiError`` (after retries and fallbacks) so that the handler can
+        answer an ordinary JSON error. After it, failures are reported in the
+        result (``outcome`` and ``error``) and the handler ends the stream.
         """
         result = StreamResult()
-        try:
-            return await self._with_retries(target, lambda: self._attempt_stream(target, body, sink, result, cancel), cancel)
-        except UpstreamFailure as failure:
-            raise api_error(failure, self.redact) from None
+
+        def attempt(route: Route) -> Awaitable[StreamResult]:
+            result.model_id = route.model_id
+            return self._attempt_stream(route.target, route.body, sink, result, cancel)
+
+        return await self._across(routes, attempt, cancel)
 
     # -- the attempt engine ------------------------------------------------------------
 
-    async def _with_retries(self, target: Target, attempt: Callable[[], Awaitable[T]], cancel: Cancel | None) -> T:
-        """Run ``attempt`` until it returns, retrying a retryable failure up to UPSTREAM_RETRIES times."""
+    async def _across(
+        self, routes: Iterable[Route], run: Callable[[Route], Awaitable[T]], cancel: Cancel | None
+    ) -> tuple[T, Route]:
+        """Try each route in turn (skipping open circuits) until one answers.
+
+        A failure another provider could avoid moves on to the next route; one
+        that is the request's own (400, 413, 422) ends the search. When every
+        route fails, the primary's error is raised, with ``X-Mira-Model``.
+        """
+        first: ApiError | None = None
+        previous: Route | None = None
+        for route in routes:
+            circuit = self.circuit_of(route.target)
+            if circuit is not None and not circuit.allow():
+                error = provider_unavailable(circuit)
+            else:
+                if previous is not None:
+                    metrics.fallback(previous.target.label, route.target.label)
+                    log.info("falling back from %s to %s", previous.model_id, route.model_id)
+                try:
+                    return await self._with_retries(route.target, functools.partial(run, route), cancel, circuit), route
+                except UpstreamFailure as failure:
+                    error = api_error(failure, self.redact)
+                    if not falls_back(failure):
+                        if first is None:
+                            _name(error, route)
+                        raise first or error from None
+            if first is None:
+                first = _name(error, route)
+            previous = route
+        assert first is not None, "a plan has at least one route"
+        raise first
+
+    async def _with_retries(
+        self, target: Target, attempt: Callable[[], Awaitable[T]], cancel: Cancel | None, circuit: Circuit | None = None
+    ) -> T:
+        """Run ``attempt`` until it returns, retrying a retryable failure up to UPSTREAM_RETRIES times.
+
+        Each attempt's outcome goes to the provider's circuit; once it opens,
+        the provider is not tried again.
+        """
         retries = self.settings.upstream_retries
         tried = 0
         while True:
             try:
-                return await attempt()
+                value = await attempt()
             except UpstreamFailure as failure:
-                if not failure.retryable or tried >= retries:
+                if circuit is not None and failure.unhealthy:
+                    circuit.failure()
+                if not failure.retryable or tried >= retries or (circuit is not None and not circuit.up):
                     raise
                 retry_after = failure.retry_after if isinstance(failure, UpstreamStatus) else None
                 status = failure.status if isinstance(failure, UpstreamStatus) else "connection"
+            else:
+                if circuit is not None:
+                    if isinstance(value, StreamResult) and value.outcome == "upstream_failed":
+                        circuit.failure()
+                    else:
+                        circuit.success()
+                return value
             tried += 1
             if cancel is not None:
                 cancel.check()
@@ -326,7 +408,7 @@ class UpstreamClient:
         if not passable(code):
             raise InvalidStatus(target.provider, code)
         if code < 300:
-            sink.begin()  # an empty 2xx stream: nothing to relay, nothing went wrong
+            sink.begin(result.model_id)  # an empty 2xx stream: nothing to relay, nothing went wrong
             return result
         raise UpstreamStatus(target.provider, code, bytes(relay.error_body), response.headers.get("Retry-After"), target.api_key)
 

@@ -19,8 +19,8 @@ MAX_ERROR_BODY = 64 * 1024  # how much of an upstream error body is read; the tr
 class StreamSink(Protocol):
     """Where a stream's bytes go (the request handler implements it)."""
 
-    def begin(self) -> None:
-        """Called once before the first chunk: set the streaming headers."""
+    def begin(self, model_id: str) -> None:
+        """Called once before the first chunk, with the model that answers: set the streaming headers."""
 
     def write(self, chunk: bytes) -> None:
         """Queue bytes for the client."""
@@ -40,6 +40,7 @@ class StreamResult:
     outcome: str = "completed"  # completed | client_aborted | upstream_failed
     error: ApiError | None = None
     ttfb: float | None = None
+    model_id: str = ""  # the model of the route being tried (the one that answered, in the end)
 
 
 class Relay:
@@ -85,7 +86,7 @@ class Relay:
         result = self.result
         if result.chunks == 0:
             result.ttfb = time.monotonic() - self.started
-            self.sink.begin()
+            self.sink.begin(result.model_id)
         result.chunks += 1
         result.bytes_sent += len(chunk)
         self.pending.append(chunk)

@@ -1,0 +1,169 @@
+"""Which targets one request is tried on, in order, and each configured provider's health.
+
+A request's plan is its primary model, then its fallbacks (the request's own
+``fallbacks``, else MODEL_FALLBACKS_FILE's list for the model). A fallback's
+body is built only when it is reached, so a request that never falls back
+pays nothing for the feature.
+
+:class:`Circuit`: CIRCUIT_FAILURES consecutive failed attempts (connection
+failure, timeout, 5xx) open a provider's circuit for CIRCUIT_COOLDOWN
+seconds; while open, requests skip it at once. After the cooldown one request
+(the probe) goes through: success closes the circuit, failure opens it again.
+Per-request custom providers have no circuit. The state is per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import monotonic
+
+import ujson
+
+from config import ConfigError, Settings
+from models.chat import ChatRequest, Fallback, split_model
+from models.errors import ApiError
+from utils import metrics
+from utils.upstream.providers import ProviderRegistry, Target
+
+
+@dataclass(frozen=True)
+class Route:
+    """One target of a request: the model as the client names it, where it goes, the body it gets."""
+
+    model_id: str  # "PROVIDER/MODEL" (a custom provider's model as given): X-Mira-Model
+    target: Target
+    body: bytes
+
+
+class Circuit:
+    """One configured provider's health (see the module docstring)."""
+
+    __slots__ = ("name", "threshold", "cooldown", "failures", "opened_at", "probe_until")
+
+    def __init__(self, name: str, threshold: int, cooldown: float) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probe_until = 0.0  # while a probe is out, no other request goes through
+        metrics.provider_up(name, True)
+
+    @property
+    def up(self) -> bool:
+        return self.opened_at is None
+
+    def allow(self) -> bool:
+        """Whether a request may try this provider now (a probe, once the cooldown is over)."""
+        if self.opened_at is None:
+            return True
+        now = monotonic()
+        if now - self.opened_at < self.cooldown or now < self.probe_until:
+            return False
+        self.probe_until = now + self.cooldown  # this request is the probe (a lost probe frees the slot later)
+        return True
+
+    def retry_after(self) -> int:
+        """Whole seconds until a probe may go through."""
+        if self.opened_at is None:
+            return 0
+        left = max(self.opened_at + self.cooldown, self.probe_until) - monotonic()
+        return max(1, math.ceil(left))
+
+    def success(self) -> None:
+        self.failures = 0
+        if self.opened_at is not None:
+            self.opened_at = None
+            self.probe_until = 0.0
+            metrics.provider_up(self.name, True)
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.opened_at is not None or self.failures >= self.threshold:
+            was_up = self.opened_at is None
+            self.opened_at = monotonic()
+            self.probe_until = 0.0
+            if was_up:
+                metrics.provider_up(self.name, False)
+
+
+def provider_unavailable(circuit: Circuit) -> ApiError:
+    seconds = circuit.retry_after()
+    return ApiError(
+        503, f"{circuit.name} API is failing; the node is not calling it for {seconds}s", code="provider_unavailable",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def load_fallbacks(path: str, providers: list[str]) -> dict[str, list[Fallback]]:
+    """MODEL_FALLBACKS_FILE: ``{model id: [model ids]}``, every id routable; ConfigError otherwise."""
+    if not path:
+        return {}
+    try:
+        data = ujson.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: must be a JSON object of model id -> list of model ids")
+    table: dict[str, list[Fallback]] = {}
+    for model, ids in data.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: the value of {model!r} must be a list of model ids")
+        try:
+            table[model] = [Fallback(*split_model(i, providers), i) for i in ids]
+        except ApiError as exc:
+            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: {model!r}: {exc.message}") from None
+    return table
+
+
+class Routing:
+    """The plans of requests and the circuits of the configured providers."""
+
+    def __init__(self, settings: Settings, registry: ProviderRegistry) -> None:
+        self.registry = registry
+        self.fallbacks = load_fallbacks(settings.model_fallbacks_file, registry.names)
+        self.circuits: dict[str, Circuit] = {}
+        if settings.circuit_failures > 0:
+            for name in registry.names:
+                self.circuits[name] = Circuit(name, settings.circuit_failures, settings.circuit_cooldown)
+
+    def circuit(self, target: Target) -> Circuit | None:
+        """The circuit of a configured provider's target (None for a custom provider, or when off)."""
+        return self.circuits.get(target.label)
+
+    def health(self) -> dict[str, str]:
+        """``{provider: "up" | "down"}`` for /health."""
+        return {name: ("up" if self.circuits[name].up else "down") if name in self.circuits else "up"
+                for name in self.registry.names}
+
+    def plan(self, request: ChatRequest, body: bytes) -> Plan:
+        """The request's routes in order: the primary (``body`` already encoded), then each fallback."""
+        primary_id = request.model if request.custom is not None else f"{request.provider}/{request.model}"
+        primary = Route(primary_id, self.registry.target_for(request), body)
+        fallbacks = request.fallbacks if request.fallbacks is not None else self.fallbacks.get(primary_id, ())
+        return Plan(primary, request, fallbacks, self.registry)
+
+
+class Plan:
+    """A request's routes: :attr:`primary`, then each fallback, its body built when it is reached."""
+
+    __slots__ = ("primary", "_request", "_fallbacks", "_registry")
+
+    def __init__(self, primary: Route, request: ChatRequest, fallbacks: Sequence[Fallback], registry: ProviderRegistry) -> None:
+        self.primary = primary
+        self._request = request
+        self._fallbacks = fallbacks
+        self._registry = registry
+
+    def __iter__(self) -> Iterator[Route]:
+        yield self.primary
+        for fallback in self._fallbacks:
+            other = dataclasses.replace(
+                self._request, provider=fallback.provider, model=fallback.name, custom=None,
+                body=dict(self._request.body, model=fallback.name),
+            )
+            yield Route(fallback.id, self._registry.target_for(other), self._registry.upstream_body(other))
