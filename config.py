@@ -43,6 +43,7 @@ ENV_VARIABLES: tuple[str, ...] = (
     "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
     "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
     "OPENROUTER_IGNORED_PROVIDERS", "MODEL_FALLBACKS_FILE", "CIRCUIT_FAILURES", "CIRCUIT_COOLDOWN",
+    "UPSTREAM_CA_BUNDLE",
 ) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
 
 
@@ -94,6 +95,7 @@ class Settings:
     model_fallbacks_file: str = ""
     circuit_failures: int = 5
     circuit_cooldown: float = 30.0
+    upstream_ca_bundle: str = ""
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     log_format: str = "text"
@@ -173,6 +175,14 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _readable_file(raw: str) -> str:
+    """A path to a file this process can read ('' stays unset)."""
+    path = raw.strip()
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ValueError("must name a readable file (PEM CA certificates)")
+    return path
+
+
 def load_settings(env_file: str | None = None) -> Settings:
     """Read and validate every setting; raise :class:`ConfigError` on a bad value."""
     config = _make_config(env_file)
@@ -243,6 +253,7 @@ def load_settings(env_file: str | None = None) -> Settings:
         model_fallbacks_file=get("MODEL_FALLBACKS_FILE", ""),
         circuit_failures=get("CIRCUIT_FAILURES", 5, _int(0)),
         circuit_cooldown=get("CIRCUIT_COOLDOWN", 30.0, _float(0.0, strict=True)),
+        upstream_ca_bundle=get("UPSTREAM_CA_BUNDLE", "", _readable_file),
         cors_origins=get("CORS_ORIGINS", ("*",), _csv) or ("*",),
         log_level=get("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS)),
         log_format=get("LOG_FORMAT", "text", _choice("text", "json")),

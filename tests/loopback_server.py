@@ -62,6 +62,7 @@ class LoopbackServer:
         self._ready = threading.Event()
         self._serving = False
         self.port = 0
+        self.ssl_context: Any = None  # an ssl.SSLContext: serve https
 
     def make_app(self) -> tornado.web.Application:
         """Return the application to serve (called on the server's loop)."""
@@ -72,10 +73,12 @@ class LoopbackServer:
     @property
     def base_url(self) -> str:
         """The server's loopback URL plus :attr:`url_path`."""
-        return f"http://127.0.0.1:{self.port}{self.url_path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.url_path}"
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> Self:
-        """Bind ``host:port`` (a free port by default), serve, return when ready."""
+    def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context: Any = None) -> Self:
+        """Bind ``host:port`` (a free port by default), serve (https with ``ssl_context``), return when ready."""
+        self.ssl_context = ssl_context
         name = type(self).__name__
         if self._thread is not None:
             raise RuntimeError(f"{name} already started")
@@ -136,7 +139,7 @@ class LoopbackServer:
     async def _serve(self, sockets: list[socket.socket]) -> None:
         """Serve until told to stop, then close the listener and all connections."""
         self._stop_event = asyncio.Event()
-        server = tornado.httpserver.HTTPServer(self.make_app())
+        server = tornado.httpserver.HTTPServer(self.make_app(), ssl_options=self.ssl_context)
         server.add_sockets(sockets)
         self._serving = True
         self._ready.set()

@@ -127,6 +127,7 @@ class RouterClient:
         self.summary_interval = FAILURE_SUMMARY_INTERVAL
         self.name = settings.machine_name
         self.version = settings.version
+        self.ca_bundle = settings.upstream_ca_bundle or None  # the router is verified like the providers
         self.redact = redactor or PROCESS_REDACTOR
         self._admin_token = settings.admin_api_token
         self._machine_token = settings.machine_api_token
@@ -174,6 +175,7 @@ class RouterClient:
             connect_timeout=min(timeout, REGISTER_CONNECT_TIMEOUT),
             request_timeout=timeout,
             prepare_curl_callback=transfer.prepare,
+            ca_certs=self.ca_bundle,
         )
         # Never cancel tornado's future (it logs an error when its result comes late);
         # wait on it instead, and let a late result be read by nobody, quietly.

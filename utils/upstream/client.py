@@ -164,7 +164,7 @@ class UpstreamClient:
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
         self.settings = settings
         self.redact = redactor
-        self.transport = Transport(settings.upstream_max_connections)
+        self.transport = Transport(settings.upstream_max_connections, settings.upstream_ca_bundle)
         self.http = self.transport.http  # the router client's public fetch() goes through the same pool
         self.circuit_of = circuit_of or (lambda target: None)
 

@@ -179,9 +179,10 @@ class LeanCurlClient(CurlAsyncHTTPClient):
     35 MB) it may never use.
     """
 
-    def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, max_clients: int = 10, ca_bundle: str = "", **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(max_clients=0, **kwargs)
         self._handle_limit = max_clients
+        self.ca_bundle = ca_bundle  # CAINFO of every https call; "" is libcurl's default (the system store)
 
     def _process_queue(self) -> None:
         missing = min(len(self._requests) - len(self._free_list), self._handle_limit - len(self._curls))
@@ -215,6 +216,9 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         # memory held for nothing by every open stream (about 30 KB a stream saved).
         setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
         setopt(pycurl.NOSIGNAL, 1)
+        # Certificates are always verified (libcurl's default, kept by reset()), against the CA bundle when set.
+        if self.ca_bundle:
+            setopt(pycurl.CAINFO, self.ca_bundle)
         if request.opensocket is not None:
             setopt(pycurl.OPENSOCKETFUNCTION, request.opensocket)
         request.prepare_curl_callback(curl)
@@ -300,10 +304,11 @@ def status_of(transfer: Transfer) -> int:
 class Transport:
     """The process's one libcurl client: pooled keep-alive connections, at most ``max_connections`` transfers."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, ca_bundle: str = "") -> None:
         self.http = LeanCurlClient(
             force_instance=True,
             max_clients=max_connections,
+            ca_bundle=ca_bundle,
             max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped by _BoundedWriter
         )
 
