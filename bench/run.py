@@ -465,6 +465,21 @@ async def stream_rounds(port: int, rounds: int, count: int, chunks: int, interva
     return stats
 
 
+RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS = 20, 400, 2.0
+
+
+async def relay_cpu(port: int, server: Service) -> float | None:
+    """CPU (µs) the serving process spends per stream event: 20 streams of 400 events 2 ms apart.
+
+    Through the node that is the relay's cost per event (the streams' set-up
+    is spread over 8,000 events); against the upstream alone, its own.
+    """
+    before = cpu_seconds(server.pid)
+    stats = await stream_rounds(port, 1, RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS)
+    spent = cpu_seconds(server.pid) - before
+    return spent / stats.events * 1e6 if stats.events else None
+
+
 async def stream_alone(services: dict[str, int], trials: int) -> dict[str, StreamStats]:
     """One stream at a time, alternating between the targets; TTFB of each."""
     stats = {name: StreamStats() for name in services}
@@ -608,6 +623,7 @@ class Measurements:
     streams: dict[str, StreamStats | None] = field(default_factory=dict)
     alone: dict[str, StreamStats] = field(default_factory=dict)
     abort: dict[str, AbortStats | None] = field(default_factory=dict)
+    relay_cpu_us: dict[str, float | None] = field(default_factory=dict)  # CPU per relayed stream event
     rss_idle: list[tuple[str, float, bool]] = field(default_factory=list)  # (label, MB, judged against the target)
     holds: dict[tuple[str, int], HoldResult | None] = field(default_factory=dict)  # (target, streams asked for)
     fd_limit: int = 0
@@ -660,6 +676,7 @@ class Bench:
         )
         await self.step("streams warm-up, direct", lambda: self.streams(port, 1))
         m.streams["direct"] = await self.step("50 streams, direct", lambda: self.streams(port, plan.stream_rounds))
+        m.relay_cpu_us["direct"] = await self.step("relayed events, direct", lambda: relay_cpu(port, upstream))
         m.abort["direct"] = await self.step("abort, direct", lambda: abort_trials(port, upstream, plan.abort_trials, "direct"))
         for count in plan.holds:
             m.holds[("direct", count)] = await self.step(
@@ -678,6 +695,7 @@ class Bench:
         )
         await self.step("streams warm-up, node", lambda: self.streams(port, 1))
         m.streams["node"] = await self.step("50 streams, node", lambda: self.streams(port, plan.stream_rounds))
+        m.relay_cpu_us["node"] = await self.step("relayed events, node", lambda: relay_cpu(port, node))
         targets = {"node": port, "direct": upstream.port}
         m.alone.update(
             await self.step("one stream alone, node and direct", lambda: stream_alone(targets, plan.alone_trials)) or {}
@@ -823,6 +841,15 @@ def stream_rows(m: Measurements) -> list[Row]:
     )
     rows.append(
         row("stream failures", count_failures(sn), count_failures(sd), target="0", ok=None if sn is None else sn.failed == 0)
+    )
+    cpu_n, cpu_d = m.relay_cpu_us.get("node"), m.relay_cpu_us.get("direct")
+    rows.append(
+        row(
+            f"CPU per relayed stream event ({RELAY_STREAMS} streams × {RELAY_EVENTS} events)",
+            fmt(cpu_n, " µs", 1),
+            fmt(cpu_d, " µs", 1),
+            ratio(cpu_n, cpu_d),
+        )
     )
     an, ad = m.alone.get("node"), m.alone.get("direct")
     node_ms = percentile(an.ttfb_ms, 50) if an else None
