@@ -22,8 +22,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from config import ConfigError, Settings, load_settings
-from handlers import chat, health, meta, verify
 from handlers import eval as evaluation
+from handlers import health, meta, proxy, verify
 from handlers.base import NotFoundHandler
 from utils.context import NodeContext
 from utils.logs import log_request, setup_logging
@@ -32,7 +32,7 @@ from utils.router import RouterClient, RouterError, token_source
 
 log = logging.getLogger("mira.server")
 
-ROUTE_MODULES = (health, chat, meta, verify, evaluation)
+ROUTE_MODULES = (health, proxy, meta, verify, evaluation)
 CUT_GRACE = 2.0  # seconds for requests cut at the end of the drain to send their last words
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import ujson
 
+from models.endpoints import CHAT, Endpoint
 from models.errors import ApiError, bad_request
 
 # Well-known OpenAI fields and the JSON types they must have when present.
@@ -282,13 +283,24 @@ class ChatRequest:
     stream: bool
     custom: CustomProvider | None = None
     fallbacks: list[Fallback] | None = None  # None: not given by the request
+    endpoint: Endpoint = CHAT
 
 
-def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: bool) -> ChatRequest:
-    """Validate a ``/v1/chat/completions`` body; raise :class:`ApiError` (400) when bad."""
+def parse_chat_request(
+    raw: bytes, providers: Collection[str], allow_custom: bool, endpoint: Endpoint = CHAT
+) -> ChatRequest:
+    """Validate the body of a proxied request (chat by default); raise :class:`ApiError` (400) when bad.
+
+    Every route needs a JSON object with a routable ``model``; the chat rules
+    (the types of the chat fields, a user message) apply where the endpoint
+    says so. Every other field passes through untouched.
+    """
     body = parse_json_object(raw)
-    for name in FIELD_TYPES.keys() & body.keys():
-        check_type(body, name, FIELD_TYPES[name])
+    if endpoint.chat_rules:
+        for name in FIELD_TYPES.keys() & body.keys():
+            check_type(body, name, FIELD_TYPES[name])
+    elif endpoint.streams:
+        check_type(body, "stream", (bool,))
     custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
     fallbacks = parse_fallbacks(body.pop("fallbacks", None), providers) if "fallbacks" in body else None
     model = body.get("model")
@@ -299,10 +311,11 @@ def parse_chat_request(raw: bytes, providers: Collection[str], allow_custom: boo
     else:
         provider, upstream_model = split_model(model, providers)
         body["model"] = upstream_model
-    check_messages(body)
+    if endpoint.chat_rules:
+        check_messages(body)
     return ChatRequest(
-        body=body, provider=provider, model=upstream_model, stream=body.get("stream") is True, custom=custom,
-        fallbacks=fallbacks,
+        body=body, provider=provider, model=upstream_model, stream=endpoint.streams and body.get("stream") is True,
+        custom=custom, fallbacks=fallbacks, endpoint=endpoint,
     )
 
 

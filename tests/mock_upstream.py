@@ -98,6 +98,7 @@ class Recorded:
     closed_at: float | None = None
     chunks_sent: int = 0
     sent_times: list[float] = dataclasses.field(default_factory=list)
+    sent_bytes: bytearray = dataclasses.field(default_factory=bytearray)  # a stream's events, as written
 
 
 class _ClientGone(Exception):
@@ -165,10 +166,13 @@ class MockUpstream(LoopbackServer):
         self._ids = 0
 
     def make_app(self) -> tornado.web.Application:
-        """The chat completions and models endpoints; OpenAI-shaped 404 elsewhere."""
+        """Chat completions, responses, embeddings, completions and models; OpenAI-shaped 404 elsewhere."""
         return tornado.web.Application(
             [
                 (r"/(?:v1/)?chat/completions", _ChatHandler, {"mock": self}),
+                (r"/(?:v1/)?responses", _ResponsesHandler, {"mock": self}),
+                (r"/(?:v1/)?embeddings", _EmbeddingsHandler, {"mock": self}),
+                (r"/(?:v1/)?completions", _CompletionsHandler, {"mock": self}),
                 (r"/(?:v1/)?models", _ModelsHandler, {"mock": self}),
             ],
             default_handler_class=_NotFoundHandler,
@@ -234,6 +238,7 @@ class MockUpstream(LoopbackServer):
                     headers=dict(r.headers),
                     json=copy.deepcopy(r.json),
                     sent_times=list(r.sent_times),
+                    sent_bytes=bytearray(r.sent_bytes),
                 )
                 for r in self._records
             ]
@@ -464,15 +469,8 @@ class _ChatHandler(_BaseHandler):
             "usage": _usage(body, b.content),
         }
 
-    async def stream(self, b: Behavior, body: dict) -> None:
-        """Send an SSE stream: comments, content deltas, a final chunk, ``[DONE]``."""
-        self.request.connection.stream.set_nodelay(True)
-        self.set_status(b.status)
-        self.set_header("Content-Type", b.content_type or "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        for comment in b.comments:
-            self.write(comment if comment.endswith("\n") else comment + "\n")
-            await self.flush()
+    def events(self, b: Behavior, body: dict) -> list[str]:
+        """The SSE frames of a stream: content deltas, a final chunk (usage when asked), ``[DONE]``."""
         base = {
             "id": self.mock._next_id(),
             "object": "chat.completion.chunk",
@@ -493,8 +491,19 @@ class _ChatHandler(_BaseHandler):
         if isinstance(options, dict) and options.get("include_usage"):
             final["usage"] = _usage(body, "".join(pieces))
         events += [final, "[DONE]"]
+        return [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+
+    async def stream(self, b: Behavior, body: dict) -> None:
+        """Send an SSE stream: comments first, then :meth:`events`, with the behaviour's drops and hangs."""
+        self.request.connection.stream.set_nodelay(True)
+        self.set_status(b.status)
+        self.set_header("Content-Type", b.content_type or "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        for comment in b.comments:
+            self.write(comment if comment.endswith("\n") else comment + "\n")
+            await self.flush()
         assert self.record is not None
-        for sent, event in enumerate(events):
+        for sent, frame in enumerate(self.events(b, body)):
             if sent == b.drop_after_chunks:
                 self.drop()
                 return
@@ -502,12 +511,71 @@ class _ChatHandler(_BaseHandler):
                 await self.pause(None)
             if sent and b.chunk_delay:
                 await self.pause(b.chunk_delay)
-            data = event if isinstance(event, str) else json.dumps(event)
             # recorded as it is handed to the socket, so a client never sees more than is counted
             self.mock._sent(self.record)
-            self.write(f"data: {data}\n\n")
+            self.record.sent_bytes += frame.encode()
+            self.write(frame)
             await self.flush()
         self.finish()
+
+
+class _ResponsesHandler(_ChatHandler):
+    """``POST /v1/responses``: a ``response`` object, or its typed events (``event:`` lines) when streamed."""
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        return self.response_object(b, body, "completed")
+
+    def response_object(self, b: Behavior, body: dict, status: str) -> dict:
+        text = b.content
+        usage = _usage({"messages": [{"content": body.get("input") if isinstance(body.get("input"), str) else ""}]}, text)
+        return {
+            "id": "resp_" + self.mock._next_id(), "object": "response", "created_at": int(time.time()), "status": status,
+            "model": body.get("model"),
+            "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+                      "total_tokens": usage["total_tokens"]},
+        }
+
+    def events(self, b: Behavior, body: dict) -> list[str]:
+        def frame(kind: str, data: dict) -> str:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+        frames = [frame("response.created", {"response": self.response_object(b, body, "in_progress")})]
+        for piece in split_content(b.content, b.chunks):
+            frames.append(frame("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                                               "delta": piece}))
+        frames.append(frame("response.completed", {"response": self.response_object(b, body, "completed")}))
+        return frames
+
+
+class _EmbeddingsHandler(_ChatHandler):
+    """``POST /v1/embeddings``: one small vector per input."""
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))]
+        return {"object": "list", "data": data, "model": body.get("model"),
+                "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}}
+
+
+class _CompletionsHandler(_ChatHandler):
+    """``POST /v1/completions``: a ``text_completion``, or its chunks when streamed."""
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        return {"id": "cmpl-" + self.mock._next_id(), "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model"), "choices": [{"index": 0, "text": b.content, "finish_reason": "stop",
+                                                         "logprobs": None}],
+                "usage": _usage({"messages": [{"content": body.get("prompt")}]}, b.content)}
+
+    def events(self, b: Behavior, body: dict) -> list[str]:
+        base = {"id": "cmpl-" + self.mock._next_id(), "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model")}
+        frames = [{**base, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
+                  for piece in split_content(b.content, b.chunks)]
+        frames.append({**base, "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}]})
+        return [f"data: {json.dumps(f)}\n\n" for f in frames] + ["data: [DONE]\n\n"]
 
 
 def main(argv: list[str] | None = None) -> None:

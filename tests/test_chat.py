@@ -262,7 +262,7 @@ async def test_upstream_error_with_a_non_json_body(node_url, upstream):
 async def test_unreachable_upstream_is_502(node_url, upstream, app):
     ctx = app.settings["ctx"]
     target = ctx.registry.make_target("openai", f"http://127.0.0.1:{closed_port()}/v1", "k")
-    ctx.registry._targets["openai"] = target
+    ctx.registry._targets["openai"]["/chat/completions"] = target
     response = await post(node_url + "/v1/chat/completions", chat_body())
     assert response.code == 502
     error = error_of(response)

@@ -34,7 +34,10 @@ REGISTRY = Registry().with_resource(DOCUMENT_URI, Resource.from_contents(DOCUMEN
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head")
 
 # The node's endpoints, as the README lists them (OPTIONS is documented on each of them).
-SPEC_PATHS = {"/health", "/v1/models", "/v1/chat/completions", "/v1/verify", "/v1/eval", "/metrics", "/openapi.json"}
+SPEC_PATHS = {
+    "/health", "/v1/models", "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/verify",
+    "/v1/eval", "/metrics", "/openapi.json",
+}
 
 
 # -- the document itself --------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from config import Settings
 from models.chat import ChatRequest
+from models.endpoints import CHAT, ENDPOINTS
 from models.jsonbody import json_bytes
 from utils.upstream.transport import header_lines
 
@@ -27,19 +28,23 @@ class ProviderRegistry:
     """The configured providers, with their request headers built once."""
 
     def __init__(self, settings: Settings) -> None:
-        self._targets: dict[str, Target] = {
-            name: self.make_target(name, p.base_url, p.api_key) for name, p in settings.providers.items()
+        # provider name -> upstream path -> target, for every proxied endpoint
+        self._targets: dict[str, dict[str, Target]] = {
+            name: {e.path: self.make_target(name, p.base_url, p.api_key, path=e.path) for e in ENDPOINTS}
+            for name, p in settings.providers.items()
         }
         self._openrouter_ignore = list(settings.openrouter_ignored_providers)
         self._guard_custom = not settings.custom_provider_allow_private
 
     @staticmethod
-    def make_target(provider: str, base_url: str, api_key: str, label: str = "", guarded: bool = False) -> Target:
-        """A target for ``{base_url}/chat/completions`` with its headers."""
+    def make_target(
+        provider: str, base_url: str, api_key: str, label: str = "", guarded: bool = False, path: str = CHAT.path
+    ) -> Target:
+        """A target for ``{base_url}{path}`` (chat completions by default) with its headers."""
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = "Bearer " + api_key
-        url = base_url.rstrip("/") + "/chat/completions"
+        url = base_url.rstrip("/") + path
         lines = header_lines(headers)
         return Target(
             provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines, guarded=guarded
@@ -50,22 +55,22 @@ class ProviderRegistry:
         """Names of every provider a model may be prefixed with."""
         return list(self._targets)
 
-    def target(self, provider: str) -> Target:
-        """The configured target of a provider name (KeyError when unknown)."""
-        return self._targets[provider]
-
     def target_for(self, request: ChatRequest) -> Target:
-        """Where a validated chat request goes: its custom provider or a configured one."""
+        """Where a validated request goes: its custom provider or a configured one, at its endpoint's path."""
+        path = request.endpoint.path
         if request.custom is not None:
             c = request.custom
-            return self.make_target(c.provider_name, c.base_url, c.api_key, label="custom", guarded=self._guard_custom)
-        return self._targets[request.provider]
+            return self.make_target(
+                c.provider_name, c.base_url, c.api_key, label="custom", guarded=self._guard_custom, path=path
+            )
+        return self._targets[request.provider][path]
 
     def upstream_body(self, request: ChatRequest) -> bytes:
         """The JSON body sent upstream, with provider-specific additions."""
         body: dict[str, Any] = request.body
         if (
             request.custom is None
+            and request.endpoint.chat_rules
             and request.provider == "openrouter"
             and self._openrouter_ignore
             and "provider" not in body

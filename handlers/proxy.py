@@ -1,19 +1,24 @@
-"""``POST /v1/chat/completions``: the OpenAI-compatible proxy."""
+"""The OpenAI-compatible proxy: ``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``, ``/v1/completions``.
+
+One handler for all four; the endpoint table (``models.endpoints``) says
+where each goes upstream, whether the chat rules apply, and how a stream that
+fails after its first byte ends.
+"""
 
 from __future__ import annotations
 
-import ujson
-
 from handlers.base import ApiHandler
 from models.chat import parse_chat_request
+from models.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from models.errors import ApiError
 from utils import metrics
 from utils.upstream import check_custom_provider, shutdown_error
 
 
-class ChatCompletionsHandler(ApiHandler):
+class ProxyHandler(ApiHandler):
     """Validate, pick the provider, relay the answer (JSON or SSE) as it comes."""
 
+    endpoint: Endpoint = CHAT
     route_name = "chat"
     accept_body = True
     machine_ip_header = True
@@ -22,7 +27,7 @@ class ChatCompletionsHandler(ApiHandler):
         if not self.body_received():
             return
         ctx = self.ctx
-        request = parse_chat_request(self.body, ctx.registry.names, ctx.settings.allow_custom_providers)
+        request = parse_chat_request(self.body, ctx.registry.names, ctx.settings.allow_custom_providers, self.endpoint)
         body = ctx.registry.upstream_body(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
@@ -59,9 +64,8 @@ class ChatCompletionsHandler(ApiHandler):
         self.finish()
 
     def end_stream(self, error: ApiError) -> None:
-        """End a stream that has begun with one error event, so the client knows it is incomplete."""
-        event = ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False)
-        self.write(b"data: " + event.encode() + b"\n\n")
+        """End a stream that has begun with one error event (in its API's format), so the client knows it is incomplete."""
+        self.write(self.endpoint.error_event(error))
         self.finish()
 
     def answered_by(self, model_id: str) -> None:
@@ -82,6 +86,27 @@ class ChatCompletionsHandler(ApiHandler):
             stream.set_nodelay(True)
 
 
+class ChatCompletionsHandler(ProxyHandler):
+    endpoint = CHAT
+    route_name = "chat"
+
+
+class ResponsesHandler(ProxyHandler):
+    endpoint = RESPONSES
+    route_name = "responses"
+
+
+class EmbeddingsHandler(ProxyHandler):
+    endpoint = EMBEDDINGS
+    route_name = "embeddings"
+
+
+class CompletionsHandler(ProxyHandler):
+    endpoint = COMPLETIONS
+    route_name = "completions"
+
+
 routes = [
-    (r"/v1/chat/completions", ChatCompletionsHandler),
+    (f"/v1{handler.endpoint.path}", handler)
+    for handler in (ChatCompletionsHandler, ResponsesHandler, EmbeddingsHandler, CompletionsHandler)
 ]
