@@ -17,7 +17,8 @@ What the run changes in the document it fuzzes (a temporary copy):
 
 * ``model_provider`` is left out of every request body, and the node runs
   with ALLOW_CUSTOM_PROVIDERS=false: a fuzzed base URL must never make the
-  node call a host other than the mock.
+  node call a host other than the mock. Without it, ``model`` must be
+  ``PROVIDER/MODEL``, so that is what the fuzzed ``model`` is.
 * Cross-field rules JSON Schema cannot state are narrowed so that valid
   examples are valid for the node: ``min_yes`` is at most 1 (it must not
   exceed the number of ``models``) and the eval ``csv`` is a one-column CSV
@@ -113,8 +114,11 @@ def fuzz_document(document: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(document)
     schemas = doc["components"]["schemas"]
     for schema in schemas.values():
-        if "model_provider" in schema.get("properties", {}):
-            schema["properties"]["model_provider"] = False
+        properties = schema.get("properties", {})
+        if "model_provider" in properties:
+            properties["model_provider"] = False
+            if properties.get("model", {}).get("type") == "string":  # without model_provider, only PROVIDER/MODEL routes
+                properties["model"] = {"$ref": "#/components/schemas/RoutedModel"}
     schemas["VerifyRequest"]["properties"]["min_yes"]["maximum"] = 1
     schemas["EvalRequest"]["properties"]["csv"]["pattern"] = ONE_COLUMN_CSV
     return doc
