@@ -43,7 +43,7 @@ ENV_VARIABLES: tuple[str, ...] = (
     "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
     "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
     "OPENROUTER_IGNORED_PROVIDERS", "MODEL_FALLBACKS_FILE", "CIRCUIT_FAILURES", "CIRCUIT_COOLDOWN",
-    "UPSTREAM_CA_BUNDLE",
+    "UPSTREAM_CA_BUNDLE", "STREAM_USAGE",
 ) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
 
 
@@ -96,6 +96,7 @@ class Settings:
     circuit_failures: int = 5
     circuit_cooldown: float = 30.0
     upstream_ca_bundle: str = ""
+    stream_usage: str = "inject"
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     log_format: str = "text"
@@ -254,6 +255,7 @@ def load_settings(env_file: str | None = None) -> Settings:
         circuit_failures=get("CIRCUIT_FAILURES", 5, _int(0)),
         circuit_cooldown=get("CIRCUIT_COOLDOWN", 30.0, _float(0.0, strict=True)),
         upstream_ca_bundle=get("UPSTREAM_CA_BUNDLE", "", _readable_file),
+        stream_usage=get("STREAM_USAGE", "inject", _choice("inject", "observe")),
         cors_origins=get("CORS_ORIGINS", ("*",), _csv) or ("*",),
         log_level=get("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS)),
         log_format=get("LOG_FORMAT", "text", _choice("text", "json")),

@@ -49,6 +49,7 @@ class BaseHandler(RequestHandler):
 
     def initialize(self) -> None:
         self.provider = ""
+        self.usage: Any = None  # the token usage the upstream reported (utils.upstream.usage.Usage)
         self.upstream_status: int | None = None
         self.stream_bytes = 0
         self.client_aborted = False

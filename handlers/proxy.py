@@ -37,6 +37,7 @@ class ProxyHandler(ApiHandler):
             response, route = await ctx.upstream.complete_routes(plan, self.cancel)
             self.answered_by(route.model_id)
             self.provider = route.target.label
+            self.usage = response.usage
             self.upstream_status = response.status
             self.set_status(response.status)
             self.set_header("Content-Type", response.content_type)
@@ -44,6 +45,7 @@ class ProxyHandler(ApiHandler):
             return
         result, route = await ctx.upstream.stream_routes(plan, self, self.cancel)
         self.provider = route.target.label
+        self.usage = result.usage
         self.upstream_status = result.status
         self.stream_bytes = result.bytes_sent
         if result.ttfb is not None:

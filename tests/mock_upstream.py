@@ -74,6 +74,8 @@ class Behavior:
     tool_call: dict | None = None
     raw_response: bytes | None = None
     error_body_bytes: int = 0
+    usage_style: str = "openai"  # streamed usage, when asked: "openai" (a usage-only chunk), "groq" (x_groq.usage), "none"
+    split_usage: bool = False  # send the usage-only chunk in two writes, a moment apart
 
 
 @dataclasses.dataclass
@@ -488,9 +490,14 @@ class _ChatHandler(_BaseHandler):
             events.append(_chunk(base, delta, None))
         final = _chunk(base, {}, "stop")
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            final["usage"] = _usage(body, "".join(pieces))
-        events += [final, "[DONE]"]
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        usage = _usage(body, "".join(pieces))
+        if b.usage_style == "groq":
+            final["x_groq"] = {"id": "req_1", "usage": usage}
+        events.append(final)
+        if asked and b.usage_style == "openai":
+            events.append({**base, "choices": [], "usage": usage})
+        events.append("[DONE]")
         return [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
 
     async def stream(self, b: Behavior, body: dict) -> None:
@@ -514,6 +521,12 @@ class _ChatHandler(_BaseHandler):
             # recorded as it is handed to the socket, so a client never sees more than is counted
             self.mock._sent(self.record)
             self.record.sent_bytes += frame.encode()
+            if b.split_usage and '"choices": []' in frame:
+                half = frame.index('"choices"') - 5  # cut before "choices": the node cannot tell yet what this is
+                self.write(frame[:half])
+                await self.flush()
+                await self.pause(0.05)
+                frame = frame[half:]
             self.write(frame)
             await self.flush()
         self.finish()

@@ -310,7 +310,8 @@ async def test_sse_headers_framing_and_comments(node_url, http_port, upstream):
 async def test_first_chunk_arrives_before_the_upstream_sends_its_last(node_url, http_port, upstream):
     upstream.default = Behavior(chunks=5, chunk_delay=0.05)
     client = RawClient(http_port)
-    await client.send("/v1/chat/completions", chat_body(stream=True))
+    # the client asks for usage itself, so every upstream event is the client's
+    await client.send("/v1/chat/completions", chat_body(stream=True, stream_options={"include_usage": True}))
     head = await client.read_head()
     response = await client.read_all(head)
     client.close()

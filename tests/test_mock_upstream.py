@@ -111,13 +111,14 @@ def test_stream_reassembles_content(up: MockUpstream, client: openai.OpenAI) -> 
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert deltas == ["abcxx", "dexx", "fgxx"]
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    assert chunks[-1].usage is not None
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    # as OpenAI does: usage comes in a chunk of its own, with no choices
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
     [rec] = up.requests
-    assert rec.chunks_sent == 5 and len(rec.sent_times) == 5  # 3 deltas, final, [DONE]
+    assert rec.chunks_sent == 6 and len(rec.sent_times) == 6  # 3 deltas, final, usage, [DONE]
 
 
 def test_comments_and_framing_in_raw_stream(up: MockUpstream) -> None:

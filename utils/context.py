@@ -8,10 +8,12 @@ from pathlib import Path
 import ujson
 
 from config import ConfigError, Settings
+from utils import metrics
 from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
-from utils.upstream.routing import Routing
+from utils.upstream.routing import Route, Routing
+from utils.upstream.usage import Usage
 
 
 def load_models(path: str) -> list[str]:
@@ -39,16 +41,26 @@ class NodeContext:
         self.registry = ProviderRegistry(settings)
         self.routing = Routing(settings, self.registry)
         self.models = load_models(settings.supported_models_file)
+        self._listed = frozenset(self.models)
         self.models_body = ujson.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": m.split("/", 1)[0]} for m in self.models]},
             escape_forward_slashes=False,
         ).encode()
         self.machine_ip = settings.machine_ip or detect_local_ip()
-        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit)
+        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens)
         self.in_flight = 0
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []
         self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
+
+    def count_tokens(self, route: Route, usage: Usage) -> None:
+        """``mira_tokens_total``: the model label is the client's id when it is a listed model, else ``other``."""
+        provider = route.target.label
+        if provider == "custom":
+            model = "custom"
+        else:
+            model = route.model_id if route.model_id in self._listed else "other"
+        metrics.tokens(provider, model, usage.prompt, usage.completion)
 
     def admit(self, cancel: Cancel) -> None:
         """One more request in flight (the caller checked MAX_CONCURRENT_REQUESTS)."""

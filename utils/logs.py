@@ -82,10 +82,15 @@ def log_request(handler: Any) -> None:
         "stream_bytes": getattr(handler, "stream_bytes", 0),
         "client_aborted": getattr(handler, "client_aborted", False),
     }
+    usage = getattr(handler, "usage", None)
+    tokens = ""
+    if usage is not None:
+        fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
+        tokens = f" tokens={usage.prompt}/{usage.completion}"
     access_log.info(
-        "%s %s %s %d %.1fms provider=%s upstream=%s bytes=%d aborted=%s",
+        "%s %s %s %d %.1fms provider=%s upstream=%s bytes=%d aborted=%s%s",
         fields["request_id"], request.method, fields["path"], status, seconds * 1000,
         fields["provider"] or "-", fields["upstream_status"] or "-", fields["stream_bytes"],
-        "yes" if fields["client_aborted"] else "no",
+        "yes" if fields["client_aborted"] else "no", tokens,
         extra=fields,
     )

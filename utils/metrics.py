@@ -35,6 +35,7 @@ STREAMS = Counter("mira_streams", "Streams by event: opened, completed, client_a
 HEARTBEAT_FAILURES = Counter("mira_heartbeat_failures", "Liveness heartbeats that failed")
 PROVIDER_UP = Gauge("mira_provider_up", "1 unless the provider's circuit is open", ["provider"], multiprocess_mode="min")
 FALLBACKS = Counter("mira_fallbacks", "Switches from a failing provider to the next fallback", ["from", "to"])
+TOKENS = Counter("mira_tokens", "Tokens upstream answers reported, by provider, model and kind", ["provider", "model", "kind"])
 
 
 # Labelled children, looked up once: ``labels()`` costs a lock and a tuple per call.
@@ -79,3 +80,11 @@ def provider_up(provider: str, up: bool) -> None:
 
 def fallback(from_provider: str, to_provider: str) -> None:
     _child(FALLBACKS, from_provider, to_provider).inc()
+
+
+def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
+    """Count the tokens of one answer (``model``: a listed model id, ``other`` or ``custom``)."""
+    if prompt:
+        _child(TOKENS, provider, model, "prompt").inc(prompt)
+    if completion:
+        _child(TOKENS, provider, model, "completion").inc(completion)

@@ -179,7 +179,7 @@ async def complete_chat(
         cancel.check()  # a transfer begun after cancel() would not be aborted
     request = ref.chat_request(payload)
     target = registry.target_for(request)
-    response = await upstream.complete(target, registry.upstream_body(request), cancel)
+    response = await upstream.complete(target, registry.upstream_body(request), cancel, model_id=ref.id)
     try:
         return ujson.loads(response.body)
     except (ValueError, OverflowError):

@@ -51,6 +51,7 @@ from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
 from utils.upstream.routing import Circuit, Route, provider_unavailable
 from utils.upstream.transport import Transfer, Transport, UpstreamCall, failure_of
+from utils.upstream.usage import StreamUsage, Usage, read_usage
 
 log = logging.getLogger("mira.upstream")
 
@@ -144,6 +145,7 @@ class UpstreamResponse:
     status: int
     body: bytes
     content_type: str
+    usage: Usage | None = None
 
 
 def _name(error: ApiError, route: Route) -> ApiError:
@@ -157,7 +159,11 @@ class UpstreamClient:
     """The process's one way out to the providers."""
 
     def __init__(
-        self, settings: Settings, redactor: Redactor, circuit_of: Callable[[Target], Circuit | None] | None = None
+        self,
+        settings: Settings,
+        redactor: Redactor,
+        circuit_of: Callable[[Target], Circuit | None] | None = None,
+        on_usage: Callable[[Route, Usage], None] | None = None,
     ) -> None:
         # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
         # headers, Authorization included: never let it run.
@@ -167,6 +173,7 @@ class UpstreamClient:
         self.transport = Transport(settings.upstream_max_connections, settings.upstream_ca_bundle)
         self.http = self.transport.http  # the router client's public fetch() goes through the same pool
         self.circuit_of = circuit_of or (lambda target: None)
+        self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage
 
     def idle(self) -> bool:
         """No transfer running or waiting for a slot."""
@@ -186,14 +193,21 @@ class UpstreamClient:
 
     # -- public calls -------------------------------------------------------------------
 
-    async def complete(self, target: Target, body: bytes, cancel: Cancel | None = None) -> UpstreamResponse:
+    async def complete(
+        self, target: Target, body: bytes, cancel: Cancel | None = None, model_id: str = ""
+    ) -> UpstreamResponse:
         """POST ``body`` and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
-        response, _ = await self.complete_routes((Route("", target, body),), cancel)
+        response, _ = await self.complete_routes((Route(model_id, target, body),), cancel)
         return response
 
     async def complete_routes(self, routes: Iterable[Route], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Route]:
         """:meth:`complete` on the first route that answers; the answer and that route."""
-        return await self._across(routes, lambda route: self._attempt_json(route.target, route.body, cancel), cancel)
+        response, route = await self._across(
+            routes, lambda route: self._attempt_json(route.target, route.body, cancel), cancel
+        )
+        if response.usage is not None and self.on_usage is not None:
+            self.on_usage(route, response.usage)
+        return response, route
 
     async def stream(self, target: Target, body: bytes, sink: StreamSink, cancel: Cancel | None = None) -> StreamResult:
         """Relay a streamed answer to ``sink`` chunk by chunk (see :meth:`stream_routes`)."""
@@ -214,9 +228,12 @@ class UpstreamClient:
 
         def attempt(route: Route) -> Awaitable[StreamResult]:
             result.model_id = route.model_id
-            return self._attempt_stream(route.target, route.body, sink, result, cancel)
+            return self._attempt_stream(route, sink, result, cancel)
 
-        return await self._across(routes, attempt, cancel)
+        result, route = await self._across(routes, attempt, cancel)
+        if result.usage is not None and self.on_usage is not None:
+            self.on_usage(route, result.usage)
+        return result, route
 
     # -- the attempt engine ------------------------------------------------------------
 
@@ -361,17 +378,18 @@ class UpstreamClient:
             raise failure_of(response, transfer, target.provider)
         metrics.upstream_call(target.label, str(status), elapsed)
         if 200 <= status < 300 and status != 204:
-            return UpstreamResponse(status, response.body or b"", media_type(response.headers.get("Content-Type")))
+            body = response.body or b""
+            return UpstreamResponse(status, body, media_type(response.headers.get("Content-Type")), read_usage(body))
         if not passable(status):
             raise InvalidStatus(target.provider, status)
         raise UpstreamStatus(target.provider, status, response.body or b"", response.headers.get("Retry-After"), target.api_key)
 
-    async def _attempt_stream(
-        self, target: Target, body: bytes, sink: StreamSink, result: StreamResult, cancel: Cancel | None
-    ) -> StreamResult:
+    async def _attempt_stream(self, route: Route, sink: StreamSink, result: StreamResult, cancel: Cancel | None) -> StreamResult:
+        target, body = route.target, route.body
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
-        relay = Relay(sink, transfer, result, started)
+        usage = StreamUsage(route.strip_usage)
+        relay = Relay(sink, transfer, result, started, usage)
         relay.watch_silence(self.settings.upstream_timeout)
         try:
             response = await self._send(self._call(target, body, transfer, relay), transfer)
@@ -382,8 +400,13 @@ class UpstreamClient:
             if relay.timer is not None:
                 relay.timer.cancel()
         # the streaming buffer has delivered every chunk by now; let them reach the client
-        await relay.drained()
         code = response.code
+        if 200 <= code < 300 and not relay.client_gone:
+            held = usage.finish()  # an incomplete last event held back: it was not the usage one
+            if held:
+                relay.push(held)
+        await relay.drained()
+        result.usage = usage.usage
         if code == 599 and relay.error_capped:
             code = relay.status  # an error body cut at its cap: answer the error with what came
         result.status = relay.status or code

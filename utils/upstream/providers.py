@@ -10,6 +10,7 @@ from models.chat import ChatRequest
 from models.endpoints import CHAT, ENDPOINTS
 from models.jsonbody import json_bytes
 from utils.upstream.transport import header_lines
+from utils.upstream.usage import wants_injection
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ProviderRegistry:
         }
         self._openrouter_ignore = list(settings.openrouter_ignored_providers)
         self._guard_custom = not settings.custom_provider_allow_private
+        self.stream_usage = settings.stream_usage
 
     @staticmethod
     def make_target(
@@ -66,8 +68,11 @@ class ProviderRegistry:
         return self._targets[request.provider][path]
 
     def upstream_body(self, request: ChatRequest) -> bytes:
-        """The JSON body sent upstream, with provider-specific additions."""
+        """The JSON body sent upstream, with provider-specific additions and, where the node wants it, usage asked for."""
         body: dict[str, Any] = request.body
+        if wants_injection(request, self.stream_usage):
+            options = body.get("stream_options")
+            body = dict(body, stream_options={**(options if isinstance(options, dict) else {}), "include_usage": True})
         if (
             request.custom is None
             and request.endpoint.chat_rules

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from models.errors import ApiError
 from utils.upstream.transport import Transfer, status_of
+from utils.upstream.usage import StreamUsage, Usage
 
 HIGH_WATER = 256 * 1024  # pause the upstream when this much is waiting for the client
 LOW_WATER = 64 * 1024  # and resume below this
@@ -41,6 +42,7 @@ class StreamResult:
     error: ApiError | None = None
     ttfb: float | None = None
     model_id: str = ""  # the model of the route being tried (the one that answered, in the end)
+    usage: Usage | None = None
 
 
 class Relay:
@@ -52,8 +54,11 @@ class Relay:
     transfer is ended) for the error answer.
     """
 
-    def __init__(self, sink: StreamSink, transfer: Transfer, result: StreamResult, started: float) -> None:
+    def __init__(
+        self, sink: StreamSink, transfer: Transfer, result: StreamResult, started: float, usage: StreamUsage
+    ) -> None:
         self.sink = sink
+        self.usage = usage
         self.transfer = transfer
         self.result = result
         self.started = started
@@ -83,6 +88,12 @@ class Relay:
             return
         if self.client_gone:
             return
+        chunk = self.usage.feed(chunk)
+        if chunk:
+            self.push(chunk)
+
+    def push(self, chunk: bytes) -> None:
+        """Pass bytes on to the client (the first ones switch the response to SSE)."""
         result = self.result
         if result.chunks == 0:
             result.ttfb = time.monotonic() - self.started

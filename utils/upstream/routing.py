@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
+from urllib.parse import quote
 
 import ujson
 
@@ -28,6 +29,7 @@ from models.chat import ChatRequest, Fallback, split_model
 from models.errors import ApiError
 from utils import metrics
 from utils.upstream.providers import ProviderRegistry, Target
+from utils.upstream.usage import wants_injection
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Route:
     model_id: str  # "PROVIDER/MODEL" (a custom provider's model as given): X-Mira-Model
     target: Target
     body: bytes
+    strip_usage: bool = False  # the node asked for stream usage: the usage-only event is not the client's
 
 
 class Circuit:
@@ -91,6 +94,13 @@ class Circuit:
                 metrics.provider_up(self.name, False)
 
 
+def header_safe(model_id: str) -> str:
+    """A model id fit for the X-Mira-Model header: as it is when printable ASCII, else percent-encoded."""
+    if model_id.isascii() and model_id.isprintable():
+        return model_id
+    return quote(model_id, safe="/:@!$&'()*+,;=-._~", errors="surrogatepass")
+
+
 def provider_unavailable(circuit: Circuit) -> ApiError:
     seconds = circuit.retry_after()
     return ApiError(
@@ -142,8 +152,9 @@ class Routing:
 
     def plan(self, request: ChatRequest, body: bytes) -> Plan:
         """The request's routes in order: the primary (``body`` already encoded), then each fallback."""
-        primary_id = request.model if request.custom is not None else f"{request.provider}/{request.model}"
-        primary = Route(primary_id, self.registry.target_for(request), body)
+        primary_id = header_safe(request.model if request.custom is not None else f"{request.provider}/{request.model}")
+        strip = wants_injection(request, self.registry.stream_usage)
+        primary = Route(primary_id, self.registry.target_for(request), body, strip)
         fallbacks = request.fallbacks if request.fallbacks is not None else self.fallbacks.get(primary_id, ())
         return Plan(primary, request, fallbacks, self.registry)
 
@@ -166,4 +177,6 @@ class Plan:
                 self._request, provider=fallback.provider, model=fallback.name, custom=None,
                 body=dict(self._request.body, model=fallback.name),
             )
-            yield Route(fallback.id, self._registry.target_for(other), self._registry.upstream_body(other))
+            strip = wants_injection(other, self._registry.stream_usage)
+            target = self._registry.target_for(other)
+            yield Route(header_safe(fallback.id), target, self._registry.upstream_body(other), strip)
