@@ -382,6 +382,8 @@ class _ModelsHandler(_BaseHandler):
 class _ChatHandler(_BaseHandler):
     """``POST /v1/chat/completions``: JSON or SSE answers shaped by a Behavior."""
 
+    streams = True  # whether ``"stream": true`` gets an SSE answer
+
     async def post(self) -> None:
         """Answer with the chosen behaviour; stop quietly if the client leaves."""
         assert self.record is not None
@@ -420,7 +422,7 @@ class _ChatHandler(_BaseHandler):
             )
         elif body is None:
             self.send_json(400, error_body("Request body is not a JSON object", 400))
-        elif body.get("stream") is True:
+        elif body.get("stream") is True and self.streams:
             await self.stream(b, body)
         else:
             self.send_json(b.status, self.completion(b, body))
@@ -563,7 +565,9 @@ class _ResponsesHandler(_ChatHandler):
 
 
 class _EmbeddingsHandler(_ChatHandler):
-    """``POST /v1/embeddings``: one small vector per input."""
+    """``POST /v1/embeddings``: one small vector per input (never streamed)."""
+
+    streams = False
 
     def completion(self, b: Behavior, body: dict) -> dict:
         inputs = body.get("input")
