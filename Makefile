@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench bench-quick bench-hostile clean fuzz docker-build docker-run
+.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-hostile clean fuzz docker-build docker-run
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,18 @@ run: $(STAMP)  ## run the node (settings from the environment and .env)
 dev: $(STAMP)  ## run with Tornado's autoreload: restarts when a source file changes
 	$(PY) -m tornado.autoreload server.py
 
-test: $(STAMP)  ## run the test suite
+test: $(STAMP)  ## the quality gate CI runs: ruff, mypy, then the test suite (make check is the same)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+check: test  ## ruff, mypy and the test suite
+
+pytest: $(STAMP)  ## the test suite alone (PYTEST_ARGS="-k usage -x")
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+typecheck: $(STAMP)  ## mypy (configured in pyproject.toml)
+	$(VENV)/bin/mypy
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

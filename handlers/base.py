@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import ujson
+from tornado.http1connection import HTTP1Connection
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
@@ -121,7 +122,9 @@ class BaseHandler(RequestHandler):
                 raise ApiError(413, f"Request body is larger than the limit of {limit} bytes", code="request_too_large")
         # Tornado would answer a chunked body over its own limit with a bare 400;
         # lift it and count in data_received, which answers 413.
-        self.request.connection.set_max_body_size(1 << 62)
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(1 << 62)
         if self.accept_body and (length not in (None, "0") or "Transfer-Encoding" in self.request.headers):
             # A body must be complete within REQUEST_BODY_TIMEOUT of the end of the headers.
             loop = asyncio.get_running_loop()

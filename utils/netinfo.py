@@ -39,7 +39,7 @@ def detect_local_ip() -> str:
     """
     candidates = _interface_addresses()
     try:
-        candidates += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+        candidates += [str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
     except OSError:
         pass
     for address in candidates:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +25,8 @@ class StreamSink(Protocol):
     def write(self, chunk: bytes) -> None:
         """Queue bytes for the client."""
 
-    def flush(self) -> Awaitable[None]:
-        """Send what is queued; resolves when it has reached the socket."""
+    def flush(self) -> asyncio.Future[None]:
+        """Send what is queued; the future resolves when it has reached the socket (Tornado's ``flush``)."""
 
 
 @dataclass

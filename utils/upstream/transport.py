@@ -204,7 +204,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         setopt(pycurl.HEADERFUNCTION, _HeaderParser(headers).line)
         if request.streaming_callback is not None:
             streaming = curl_httpclient._CurlStreamingBuffer(self, curl, request.streaming_callback)
-            curl.info["streaming_buffer"] = streaming  # type: ignore[attr-defined]
+            curl.info["streaming_buffer"] = streaming
             setopt(pycurl.WRITEFUNCTION, streaming.write)
         else:
             setopt(pycurl.WRITEFUNCTION, _BoundedWriter(buffer).write)
