@@ -36,12 +36,7 @@ class EvalHandler(ApiHandler):
         self.provider = ",".join(sorted({ref.provider for ref in request.models}))
         if request.models[0].custom is not None:
             await check_custom_provider(request.models[0].custom, ctx.settings.custom_provider_allow_private)
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            stream.set_nodelay(True)
+        self.start_streaming("text/csv; charset=utf-8")
 
         call = make_cell_call(ctx.upstream, ctx.registry, request, self.cancel)
         self.run = run = EvalRun(len(table.rows), len(request.models), call, ctx.settings.eval_concurrency)

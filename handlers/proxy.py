@@ -80,12 +80,7 @@ class ProxyHandler(ApiHandler):
         """Switch the response to SSE before its first byte."""
         metrics.stream_event("opened")
         self.answered_by(model_id)
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            stream.set_nodelay(True)
+        self.start_streaming("text/event-stream")
 
 
 class ChatCompletionsHandler(ProxyHandler):
