@@ -189,14 +189,15 @@ async def start_upstream(procs: Processes) -> Service:
     return service
 
 
-def node_env(upstream_port: int, limit: int) -> dict[str, str]:
+def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]:
+    """Every feature in place as in production: validation, usage accounting, metrics, an access line at INFO."""
     env = {k: v for k, v in os.environ.items() if k not in node_variables()}
     env.update(
         ENV_FILE="/dev/null",
         HOST=HOST,
         PORT="0",
-        WORKERS="1",
-        LOG_LEVEL="WARNING",
+        WORKERS=str(workers),
+        LOG_LEVEL="INFO",
         MACHINE_IP=HOST,
         OPENAI_BASE_URL=f"http://{HOST}:{upstream_port}/v1",
         OPENAI_API_KEY="sk-bench-not-a-real-key",
@@ -221,10 +222,22 @@ async def wait_listening(service: Service, timeout: float) -> None:
     raise RuntimeError(f"{service.name} did not start within {timeout:g} s:\n" + service.log_tail())
 
 
-async def start_node(procs: Processes, upstream: Service, limit: int) -> Service:
-    """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200."""
-    argv = procs.taskset(0) + [sys.executable, "server.py"]
-    proc, path = procs.start("node", argv, node_env(upstream.port, limit))
+async def start_bare(procs: Processes) -> Service:
+    """The reference: a bare Tornado handler answering a fixed POST (``bench/bare.py``), on CPU 0 like the node."""
+    argv = procs.taskset(0) + [sys.executable, str(BENCH / "bare.py"), "--host", HOST, "--port", "0"]
+    proc, path = procs.start("bare", argv)
+    bare = Service("bare", proc, 0, path)
+    await wait_listening(bare, 15)
+    return bare
+
+
+async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
+    """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
+
+    With ``workers`` other than 1 the node is not pinned: its processes share both cores.
+    """
+    argv = (procs.taskset(0) if workers == 1 else []) + [sys.executable, "server.py"]
+    proc, path = procs.start("node", argv, node_env(upstream.port, limit, workers))
     node = Service("node", proc, 0, path)
     await wait_listening(node, 30)
     status, body = await get_json(HOST, node.port, "/health", timeout=10)
@@ -659,7 +672,9 @@ class Bench:
         upstream = await start_upstream(self.procs)
         log(f"upstream on port {upstream.port} (pid {upstream.pid})")
         await self.direct(upstream)
+        await self.bare_reference()
         await self.through_node(upstream)
+        await self.all_workers(upstream)
         for count in self.plan.holds[1:]:
             await self.big_hold(upstream, count)
         self.m.seconds = time.monotonic() - started
@@ -710,6 +725,22 @@ class Bench:
             m.rss_idle.append((f"limits {limit:,}, after the run", rss_mb(node.pid), False))
         self.stop_node(node)
 
+    async def bare_reference(self) -> None:
+        """CPU per request of a bare Tornado handler, same pinning, same wrk: the floor the node is compared to."""
+        bare = await start_bare(self.procs)
+        self.m.json["bare"] = await self.step(
+            "JSON, bare Tornado handler", lambda: self.load.measure(bare, self.plan.json_seconds, self.plan.json_warmup)
+        )
+        self.procs.stop(bare.proc)
+
+    async def all_workers(self, upstream: Service) -> None:
+        """JSON requests/s with WORKERS=0 (one process per core, unpinned)."""
+        node = await start_node(self.procs, upstream, JSON_CONNECTIONS + 50, workers=0)
+        self.m.json["workers"] = await self.step(
+            "JSON, node with WORKERS=0", lambda: self.load.measure(node, self.plan.json_seconds, self.plan.json_warmup)
+        )
+        self.stop_node(node)
+
     async def big_hold(self, upstream: Service, count: int) -> None:
         """A fresh node with limits for ``count`` streams, holding as many as its descriptors allow."""
         fit = min(count, (self.m.fd_limit - FD_RESERVE) // 2)  # each stream holds two of the node's descriptors
@@ -733,10 +764,10 @@ class Bench:
 
 
 def node_warnings(node: Service, limit: int = 8) -> list[str]:
-    """The node's own output (LOG_LEVEL=WARNING: warnings and errors only), shortened."""
+    """The node's warnings and errors (its access lines left out), shortened."""
     try:
         text = node.log_path.read_text(errors="replace")
-        lines = [line for line in text.splitlines() if line.strip() and "listening on" not in line]
+        lines = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line or "Traceback" in line]
     except OSError:
         return []
     shown = [line[:300] for line in lines[:limit]]
@@ -813,6 +844,30 @@ def json_rows(m: Measurements) -> list[Row]:
             fmt(attr(jd, "cpu_us"), " µs", 0),
             target="≤ 150 µs",
             ok=None if cpu is None else cpu <= 150,
+        )
+    )
+    bare = attr(m.json.get("bare"), "cpu_us")
+    times = cpu / bare if cpu is not None and bare else None
+    rows.append(
+        row(
+            "CPU per JSON request: node / a bare Tornado handler (fixed POST)",
+            fmt(cpu, " µs", 0),
+            f"bare: {fmt(bare, ' µs', 0)}",
+            f"{times:.2f}×" if times is not None else "",
+            target="≤ 1.5×",
+            ok=None if times is None else times <= 1.5,
+        )
+    )
+    rps_w = attr(m.json.get("workers"), "rps")
+    scale = rps_w / rps_n if rps_w is not None and rps_n else None
+    rows.append(
+        row(
+            "JSON requests/s with WORKERS=0 (unpinned) / one worker",
+            fmt(rps_w, digits=0),
+            "",
+            f"{scale:.2f}×" if scale is not None else "",
+            target="≥ 1.8×",
+            ok=None if scale is None else scale >= 1.8,
         )
     )
     return rows
