@@ -117,8 +117,9 @@ class Processes:
         self.pin = pin
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def taskset(self, cpu: int) -> list[str]:
-        return ["taskset", "-c", str(cpu)] if self.pin else []
+    def taskset(self, cpus: int | str) -> list[str]:
+        """Pin a child to ``cpus`` (a CPU or a list: ``"0,1"``); without it a child inherits this script's pinning."""
+        return ["taskset", "-c", str(cpus)] if self.pin else []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
         """Start ``argv`` with its output in a log file of its own."""
@@ -234,9 +235,10 @@ async def start_bare(procs: Processes) -> Service:
 async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
     """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
 
-    With ``workers`` other than 1 the node is not pinned: its processes share both cores.
+    With ``workers`` other than 1 the node's processes may run on both cores (this script itself is pinned to
+    CPU 1, and a child started without taskset would inherit that).
     """
-    argv = (procs.taskset(0) if workers == 1 else []) + [sys.executable, "server.py"]
+    argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, "server.py"]
     proc, path = procs.start("node", argv, node_env(upstream.port, limit, workers))
     node = Service("node", proc, 0, path)
     await wait_listening(node, 30)
@@ -671,10 +673,11 @@ class Bench:
         started = time.monotonic()
         upstream = await start_upstream(self.procs)
         log(f"upstream on port {upstream.port} (pid {upstream.pid})")
-        await self.direct(upstream)
+        # Throughput figures first: the held streams of the later phases leave the upstream busy for a while.
         await self.bare_reference()
-        await self.through_node(upstream)
         await self.all_workers(upstream)
+        await self.direct(upstream)
+        await self.through_node(upstream)
         for count in self.plan.holds[1:]:
             await self.big_hold(upstream, count)
         self.m.seconds = time.monotonic() - started
