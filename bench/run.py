@@ -138,8 +138,12 @@ class Processes:
         self.running.append(proc)
         return proc, path
 
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; then whatever is left of its process group.
+
+        Every child runs in a session of its own, so its group also holds the
+        worker processes a WORKERS=0 node forked: none is left behind.
+        """
         if proc.poll() is None:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -149,6 +153,10 @@ class Processes:
                 proc.wait(5)
             except ProcessLookupError:
                 pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if proc in self.running:
             self.running.remove(proc)
 
