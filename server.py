@@ -34,6 +34,7 @@ log = logging.getLogger("mira.server")
 
 ROUTE_MODULES = (health, proxy, meta, verify, evaluation)
 CUT_GRACE = 2.0  # seconds for requests cut at the end of the drain to send their last words
+READ_CHUNK = 16 * 1024  # bytes per socket read of a client connection (Tornado's chunk_size)
 
 
 def make_app(ctx: NodeContext) -> Application:
@@ -66,8 +67,12 @@ class Node:
         if settings.router_base_url and heartbeat:
             self.router = RouterClient(settings, self.ctx.upstream.http, self.ctx.machine_ip, self.ctx.redactor)
         self.app = make_app(self.ctx)
-        # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself.
-        self.server = HTTPServer(self.app, max_body_size=settings.max_body_size + 1, idle_connection_timeout=75)
+        # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself. Tornado allocates and
+        # zeroes a fresh read buffer of chunk_size for every socket read (a 64 KB one by default, twice a
+        # request); 16 KB holds a typical request whole and costs a quarter of that.
+        self.server = HTTPServer(
+            self.app, max_body_size=settings.max_body_size + 1, idle_connection_timeout=75, chunk_size=READ_CHUNK
+        )
         self.stopping = asyncio.Event()
         self.signals = 0
 
