@@ -1,7 +1,8 @@
 """The private parts of Tornado's curl client that ``utils/upstream/transport.py`` relies on.
 
 The transport reaches past ``CurlAsyncHTTPClient``'s public surface in a few
-places (a lean request set-up, handles made on demand, the idle check). Each
+places (its own queue, set-up and finish for an UpstreamCall, libcurl's
+timer and socket callbacks, handles made on demand, the idle check). Each
 test here pins one of those names, signatures or behaviours and fails with a
 sentence saying what a Tornado upgrade changed and where the transport uses it.
 """
@@ -44,41 +45,67 @@ def test_fetch_impl_takes_a_request_and_a_callback() -> None:
 
 def test_curl_setup_request_keeps_its_signature() -> None:
     assert parameters(CurlAsyncHTTPClient._curl_setup_request) == ["self", "curl", "request", "buffer", "headers"], (
-        f"{VERSION}: _curl_setup_request(curl, request, buffer, headers) changed; LeanCurlClient overrides it"
-        " to set up an UpstreamCall with the few libcurl options it needs"
+        f"{VERSION}: _curl_setup_request(curl, request, buffer, headers) changed; LeanCurlClient._start_request calls"
+        " it for every request that is not an UpstreamCall"
     )
 
 
-def test_process_queue_and_curl_create_exist() -> None:
-    for name in ("_process_queue", "_curl_create", "_finish"):
+def test_the_methods_the_lean_client_replaces_or_calls_exist() -> None:
+    for name in ("_process_queue", "_curl_create", "_finish", "_finish_pending_requests", "_set_timeout",
+                 "_handle_timeout", "_handle_socket", "handle_callback_exception"):
         assert callable(getattr(CurlAsyncHTTPClient, name, None)), (
-            f"{VERSION}: CurlAsyncHTTPClient.{name} is gone; LeanCurlClient makes its handles on demand in"
-            " _process_queue with _curl_create, and relies on _finish to hand a handle back"
+            f"{VERSION}: CurlAsyncHTTPClient.{name} is gone; LeanCurlClient overrides or calls it"
         )
     assert parameters(CurlAsyncHTTPClient._process_queue) == ["self"]
     assert parameters(CurlAsyncHTTPClient._curl_create) == ["self"]
+    assert parameters(CurlAsyncHTTPClient._set_timeout) == ["self", "msecs"]
+    assert parameters(CurlAsyncHTTPClient._handle_socket) == ["self", "event", "fd", "multi", "data"]
+    assert parameters(CurlAsyncHTTPClient._finish) == ["self", "curl", "curl_error", "curl_message"]
 
 
-def test_process_queue_gives_each_request_its_info_dict() -> None:
-    text = source(CurlAsyncHTTPClient._process_queue)
-    for key in ('"headers"', '"buffer"', '"streaming_buffer"', '"request"', '"callback"'):
-        assert key in text, (
-            f"{VERSION}: _process_queue no longer sets curl.info[{key}]; LeanCurlClient._curl_setup_request stores"
-            " its streaming buffer in curl.info['streaming_buffer'] and _finish reads these keys back"
-        )
-    assert "self._free_list.pop()" in text and "self._curl_setup_request(" in text, (
-        f"{VERSION}: _process_queue no longer takes handles from _free_list and calls _curl_setup_request"
+def test_initialize_hands_libcurl_the_overridable_timer_and_socket_callbacks() -> None:
+    text = source(CurlAsyncHTTPClient.initialize)
+    assert "M_TIMERFUNCTION, self._set_timeout" in text and "M_SOCKETFUNCTION, self._handle_socket" in text, (
+        f"{VERSION}: initialize no longer gives libcurl self._set_timeout and self._handle_socket; LeanCurlClient's"
+        " one-timer and direct add_reader versions of them would never run"
+    )
+    assert "self._timeout" in text and "self._multi" in text
+
+
+def test_finish_pending_requests_finishes_through_finish_then_refills() -> None:
+    text = source(CurlAsyncHTTPClient._finish_pending_requests)
+    assert "self._finish(" in text and "self._process_queue()" in text, (
+        f"{VERSION}: _finish_pending_requests no longer ends transfers with self._finish and starts queued ones with"
+        " self._process_queue; LeanCurlClient overrides both"
     )
 
 
-def test_finish_resets_the_handle_and_flushes_the_streaming_buffer() -> None:
+def test_finish_reads_the_info_dict_of_tornados_own_path() -> None:
     text = source(CurlAsyncHTTPClient._finish)
-    assert "curl.reset()" in text, (
-        f"{VERSION}: _finish no longer resets a handle before reuse; the lean set-up sets only the options a call"
-        " needs and relies on every other option being back at libcurl's default"
+    for key in ('"headers"', '"buffer"', '"streaming_buffer"', '"body_too_large"', '"request"', '"callback"',
+                '"curl_start_ioloop_time"', '"queue_start_time"', '"curl_start_time"'):
+        assert key in text, (
+            f"{VERSION}: _finish no longer reads curl.info[{key}]; LeanCurlClient._start_request builds that dict"
+            " for the requests it leaves to Tornado"
+        )
+    assert "curl.reset()" in text and "self._free_list.append(curl)" in text, (
+        f"{VERSION}: _finish no longer resets a handle and returns it to _free_list; LeanCurlClient counts on Tornado's"
+        " path leaving a handle at libcurl's defaults"
     )
-    assert 'info["streaming_buffer"]' in text and "streaming_buffer.finish()" in text, (
-        f"{VERSION}: _finish no longer delivers a streaming buffer's last chunks from curl.info['streaming_buffer']"
+
+
+def test_close_cancels_the_timeout_and_drops_the_multi_handle() -> None:
+    text = source(CurlAsyncHTTPClient.close)
+    assert "remove_timeout(self._timeout)" in text and "self._multi = None" in text, (
+        f"{VERSION}: close() no longer cancels self._timeout and sets self._multi to None; LeanCurlClient keeps its"
+        " asyncio timer there and its queued callbacks check for a closed multi handle"
+    )
+
+
+def test_curl_error_carries_the_libcurl_errno() -> None:
+    error = curl_httpclient.CurlError(pycurl.E_OPERATION_TIMEDOUT, "timed out")
+    assert error.errno == pycurl.E_OPERATION_TIMEDOUT, (
+        f"{VERSION}: CurlError(errno, message).errno is gone; failure_of maps libcurl errors by it"
     )
 
 
@@ -114,6 +141,7 @@ async def test_the_client_state_the_transport_reads() -> None:
         )
         assert http._curls == [], "LeanCurlClient made handles before any request (they are made on demand)"
         assert isinstance(http._curl_create(), pycurl.Curl), f"{VERSION}: _curl_create no longer returns a pycurl.Curl"
+        assert http._loop is http.io_loop.asyncio_loop, f"{VERSION}: the IOLoop has no asyncio_loop"
         assert transport.idle()
     finally:
         transport.close()

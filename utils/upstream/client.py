@@ -2,7 +2,7 @@
 
 One :class:`UpstreamClient` per process, on one :class:`~utils.upstream.transport.Transport`
 (pooled keep-alive connections). JSON calls and streams go through the same
-attempt engine (:meth:`UpstreamClient._with_retries`): an attempt either
+attempt engine (:meth:`UpstreamClient._across`): an attempt either
 returns or raises a typed :class:`~utils.upstream.failures.UpstreamFailure`;
 a retryable one (a connection failure, 429/502/503/504) is tried again with
 back-off (an upstream ``Retry-After`` wins, up to 30 s), and what is left is
@@ -20,7 +20,6 @@ when the upstream is silent, and the call raises
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import re
@@ -28,8 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
-
-from tornado.httpclient import HTTPResponse
 
 from config import Settings
 from models.errors import ApiError
@@ -50,7 +47,7 @@ from utils.upstream.guard import AddressGuard
 from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
 from utils.upstream.routing import Circuit, Route, provider_unavailable
-from utils.upstream.transport import Transfer, Transport, UpstreamCall, failure_of
+from utils.upstream.transport import Reply, Transfer, Transport, UpstreamCall, failure_of
 from utils.upstream.usage import StreamUsage, Usage, read_usage
 
 log = logging.getLogger("mira.upstream")
@@ -172,6 +169,7 @@ class UpstreamClient:
         self.redact = redactor
         self.transport = Transport(settings.upstream_max_connections, settings.upstream_ca_bundle)
         self.http = self.transport.http  # the router client's public fetch() goes through the same pool
+        self.loop = self.transport.loop
         self.circuit_of = circuit_of or (lambda target: None)
         self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage
 
@@ -202,9 +200,7 @@ class UpstreamClient:
 
     async def complete_routes(self, routes: Iterable[Route], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Route]:
         """:meth:`complete` on the first route that answers; the answer and that route."""
-        response, route = await self._across(
-            routes, lambda route: self._attempt_json(route.target, route.body, cancel), cancel
-        )
+        response, route = await self._across(routes, self._attempt_json, cancel)
         if response.usage is not None and self.on_usage is not None:
             self.on_usage(route, response.usage)
         return response, route
@@ -226,7 +222,7 @@ class UpstreamClient:
         """
         result = StreamResult()
 
-        def attempt(route: Route) -> Awaitable[StreamResult]:
+        def attempt(route: Route, cancel: Cancel | None) -> Awaitable[StreamResult]:
             result.model_id = route.model_id
             return self._attempt_stream(route, sink, result, cancel)
 
@@ -238,74 +234,74 @@ class UpstreamClient:
     # -- the attempt engine ------------------------------------------------------------
 
     async def _across(
-        self, routes: Iterable[Route], run: Callable[[Route], Awaitable[T]], cancel: Cancel | None
+        self, routes: Iterable[Route], attempt: Callable[[Route, Cancel | None], Awaitable[T]], cancel: Cancel | None
     ) -> tuple[T, Route]:
-        """Try each route in turn (skipping open circuits) until one answers.
+        """Try each route in turn (skipping open circuits) until one answers; retry each as allowed.
 
-        A failure another provider could avoid moves on to the next route; one
-        that is the request's own (400, 413, 422) ends the search. When every
-        route fails, the primary's error is raised, with ``X-Mira-Model``.
+        An attempt either returns or raises an :class:`UpstreamFailure`. A
+        retryable one is tried again, up to UPSTREAM_RETRIES times, with
+        back-off; each attempt's outcome goes to the provider's circuit, and
+        once it opens the provider is not tried again. A failure another
+        provider could avoid then moves on to the next route; one that is the
+        request's own (400, 413, 422) ends the search. When every route
+        fails, the primary's error is raised, with ``X-Mira-Model``.
         """
         first: ApiError | None = None
         previous: Route | None = None
+        retries = self.settings.upstream_retries
         for route in routes:
-            circuit = self.circuit_of(route.target)
+            target = route.target
+            circuit = self.circuit_of(target)
             if circuit is not None and not circuit.allow():
                 error = provider_unavailable(circuit)
             else:
                 if previous is not None:
-                    metrics.fallback(previous.target.label, route.target.label)
+                    metrics.fallback(previous.target.label, target.label)
                     log.info("falling back from %s to %s", previous.model_id, route.model_id)
-                try:
-                    return await self._with_retries(route.target, functools.partial(run, route), cancel, circuit), route
-                except UpstreamFailure as failure:
-                    error = api_error(failure, self.redact)
-                    if not falls_back(failure):
-                        if first is None:
-                            _name(error, route)
-                        raise first or error from None
+                tried = 0
+                while True:
+                    try:
+                        value = await attempt(route, cancel)
+                    except UpstreamFailure as failure:
+                        if circuit is not None and failure.unhealthy:
+                            circuit.failure()
+                        if failure.retryable and tried < retries and (circuit is None or circuit.up):
+                            tried += 1
+                            await self._pause_before_retry(target, failure, tried, cancel)
+                            continue
+                        error = api_error(failure, self.redact)
+                        if not falls_back(failure):
+                            if first is None:
+                                _name(error, route)
+                            raise first or error from None
+                        break
+                    if circuit is not None:
+                        if isinstance(value, StreamResult) and value.outcome == "upstream_failed":
+                            circuit.failure()
+                        else:
+                            circuit.success()
+                    return value, route
             if first is None:
                 first = _name(error, route)
             previous = route
         assert first is not None, "a plan has at least one route"
         raise first
 
-    async def _with_retries(
-        self, target: Target, attempt: Callable[[], Awaitable[T]], cancel: Cancel | None, circuit: Circuit | None = None
-    ) -> T:
-        """Run ``attempt`` until it returns, retrying a retryable failure up to UPSTREAM_RETRIES times.
-
-        Each attempt's outcome goes to the provider's circuit; once it opens,
-        the provider is not tried again.
-        """
-        retries = self.settings.upstream_retries
-        tried = 0
-        while True:
-            try:
-                value = await attempt()
-            except UpstreamFailure as failure:
-                if circuit is not None and failure.unhealthy:
-                    circuit.failure()
-                if not failure.retryable or tried >= retries or (circuit is not None and not circuit.up):
-                    raise
-                retry_after = failure.retry_after if isinstance(failure, UpstreamStatus) else None
-                status = failure.status if isinstance(failure, UpstreamStatus) else "connection"
-            else:
-                if circuit is not None:
-                    if isinstance(value, StreamResult) and value.outcome == "upstream_failed":
-                        circuit.failure()
-                    else:
-                        circuit.success()
-                return value
-            tried += 1
-            if cancel is not None:
-                cancel.check()
-            delay = self._backoff(tried - 1, retry_after)
-            metrics.upstream_retry(target.label)
-            log.info("retrying %s API (retry %d of %d) after %s in %.2fs", target.provider, tried, retries, status, delay)
-            await asyncio.sleep(delay)
-            if cancel is not None:
-                cancel.check()
+    async def _pause_before_retry(self, target: Target, failure: UpstreamFailure, tried: int, cancel: Cancel | None) -> None:
+        """The back-off before retry number ``tried`` (an upstream ``Retry-After`` wins)."""
+        if cancel is not None:
+            cancel.check()
+        if isinstance(failure, UpstreamStatus):
+            retry_after, status = failure.retry_after, str(failure.status)
+        else:
+            retry_after, status = None, "connection"
+        delay = self._backoff(tried - 1, retry_after)
+        metrics.upstream_retry(target.label)
+        log.info("retrying %s API (retry %d of %d) after %s in %.2fs", target.provider, tried,
+                 self.settings.upstream_retries, status, delay)
+        await asyncio.sleep(delay)
+        if cancel is not None:
+            cancel.check()
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -326,33 +322,39 @@ class UpstreamClient:
         if relay is not None:
             # No cap on a live stream; the longest silence is bounded by the stream's watchdog.
             return UpstreamCall(
-                target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer.prepare,
+                target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer,
                 streaming_callback=relay.on_chunk, opensocket=guard,
             )
         return UpstreamCall(
-            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer.prepare,
+            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer,
             opensocket=guard,
         )
 
-    async def _send(self, call: UpstreamCall, transfer: Transfer) -> HTTPResponse:
-        """Run one call; a transport failure comes back as a 599 response.
+    def _send(self, call: UpstreamCall, transfer: Transfer) -> Awaitable[Reply]:
+        """Run one call; a transport failure comes back as a 599 reply.
 
-        A call that waits for a pool slot longer than UPSTREAM_QUEUE_TIMEOUT
-        is dropped (it never reaches the upstream): :class:`QueueTimeout`.
+        The usual call starts at once and this is the reply's future. One
+        that has to wait for a pool slot is dropped (it never reaches the
+        upstream) after UPSTREAM_QUEUE_TIMEOUT: :class:`QueueTimeout`.
         """
-        future: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = self.loop.create_future()
 
-        def done(response: HTTPResponse) -> None:
+        def done(reply: Reply) -> None:
+            transfer.finish()
             if not future.done():
-                future.set_result(response)
+                future.set_result(reply)
 
         self.transport.start(call, done)
+        if transfer.started or future.done():
+            return future
+        return self._queued(future, transfer)
+
+    async def _queued(self, future: asyncio.Future[Reply], transfer: Transfer) -> Reply:
         try:
+            await asyncio.wait((future,), timeout=self.settings.upstream_queue_timeout)
             if not transfer.started and not future.done():
-                await asyncio.wait((future,), timeout=self.settings.upstream_queue_timeout)
-                if not transfer.started and not future.done():
-                    transfer.abort()  # refused by prepare() if a slot frees later
-                    raise QueueTimeout("upstream")
+                transfer.abort()  # refused when its turn comes
+                raise QueueTimeout("upstream")
             return await future
         finally:
             transfer.finish()
@@ -360,7 +362,8 @@ class UpstreamClient:
     def _new_transfer(self, cancel: Cancel | None) -> Transfer:
         return cancel.transfer() if cancel is not None else Transfer()
 
-    async def _attempt_json(self, target: Target, body: bytes, cancel: Cancel | None) -> UpstreamResponse:
+    async def _attempt_json(self, route: Route, cancel: Cancel | None) -> UpstreamResponse:
+        target, body = route.target, route.body
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
         try:
@@ -435,7 +438,7 @@ class UpstreamClient:
             return result
         raise UpstreamStatus(target.provider, code, bytes(relay.error_body), response.headers.get("Retry-After"), target.api_key)
 
-    def _mid_stream_error(self, target: Target, response: HTTPResponse, transfer: Transfer, silent: bool) -> ApiError:
+    def _mid_stream_error(self, target: Target, response: Reply, transfer: Transfer, silent: bool) -> ApiError:
         if silent:
             silence = f"{self.settings.upstream_timeout:g}s"
             return ApiError(504, f"{target.provider} API went silent for more than {silence} mid-stream", code="upstream_timeout")

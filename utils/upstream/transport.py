@@ -2,38 +2,54 @@
 
 Everything else of the upstream engine talks to :class:`Transport`
 (start a call, is it idle, close), :class:`Transfer` (abort, pause, resume
-one call) and :func:`failure_of` (what a libcurl error means). The private
-names of ``tornado.curl_httpclient`` used here (``fetch_impl``,
-``_process_queue``, ``_curl_setup_request``, ``_curl_create``, ``_requests``,
-``_free_list``, ``_curls``, ``_CurlStreamingBuffer``, ``curl.info``) are
+one call), :class:`Reply` (what a call came back with) and
+:func:`failure_of` (what a libcurl error means). The private names of
+``tornado.curl_httpclient`` used here (``fetch_impl``, ``_process_queue``,
+``_finish``, ``_finish_pending_requests``, ``_set_timeout``,
+``_handle_timeout``, ``_handle_socket``, ``_curl_create``,
+``_curl_setup_request``, ``_requests``, ``_free_list``, ``_curls``,
+``_multi``, ``_timeout``, ``_CurlStreamingBuffer``, ``curl.info``) are
 checked by ``tests/test_tornado_contract.py``, which says what changed when a
 Tornado upgrade breaks one of them.
 
-A lean request path through Tornado's libcurl client:
+A lean request path through Tornado's libcurl client. For every request,
+``CurlAsyncHTTPClient`` builds an ``HTTPRequest`` (some forty attributes), a
+defaults proxy, a header copy, an ``HTTPHeaders`` and a ``BytesIO``; sets
+about thirty libcurl options and resets them all afterwards; reads eight
+timings back and builds an ``HTTPResponse``; and re-arms an IOLoop timeout
+three or four times. The node sends one kind of request (a JSON POST to a
+provider), so :class:`LeanCurlClient` runs an :class:`UpstreamCall` its own
+way, on the same multi handle, handle pool, queue and keep-alive
+connections:
 
-``CurlAsyncHTTPClient.fetch`` builds an ``HTTPRequest`` (some forty
-attributes), copies its headers, wraps it in a defaults proxy, and then sets
-about thirty libcurl options per request, most of them to libcurl's own
-defaults. The node sends one kind of request only (a JSON POST to a provider),
-so :class:`LeanCurlClient` accepts an :class:`UpstreamCall` through
-``fetch_impl`` and sets just the options that call needs: the handle was
-``reset()`` to libcurl's defaults when it came back to the pool. Everything
-else (the handle pool, keep-alive connections, the multi-socket loop, the
-queue, timeouts, streaming buffer with its own flow control) is Tornado's.
-Any other request goes the ordinary way.
+* each libcurl handle keeps its options from one call to the next; a call
+  sets only what differs from the handle's last one (usually just the body),
+  and a handle is reset only after a call that changed something else (an
+  abort, a pause, an address guard) or before Tornado's own path uses it;
+* the answer comes back as a :class:`Reply` (status, body, the two headers
+  the node reads, the libcurl error);
+* libcurl's timer requests are kept to one asyncio timer, re-armed only
+  when its deadline really moves, and "at once" is a ``call_soon``;
+* libcurl's sockets are watched with the asyncio loop's ``add_reader`` /
+  ``add_writer`` directly.
+
+Any other request (the router client's) goes Tornado's ordinary way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
 import pycurl
 from tornado import curl_httpclient
-from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPResponse
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
+from tornado.ioloop import IOLoop
 
 from utils.upstream.failures import (
     ConnectFailed,
@@ -51,10 +67,19 @@ USER_AGENT = "mira-service-node"
 MAX_BUFFERED_BODY = 64 * 1024 * 1024
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
+# An idle handle lets go of its last request body when it is larger than this (smaller ones stay until the next call).
+KEEP_BODY = 16 * 1024
+_READ, _WRITE = 1, 2
+_SOCKET_EVENTS = {
+    pycurl.POLL_NONE: 0,
+    pycurl.POLL_IN: _READ,
+    pycurl.POLL_OUT: _WRITE,
+    pycurl.POLL_INOUT: _READ | _WRITE,
+}
 
 
 class UpstreamCall:
-    """One POST to an upstream, as :class:`LeanCurlClient` sets it up."""
+    """One POST to an upstream, as :class:`LeanCurlClient` runs it."""
 
     __slots__ = (
         "url",
@@ -62,8 +87,8 @@ class UpstreamCall:
         "header_lines",
         "connect_timeout_ms",
         "timeout_ms",
+        "transfer",
         "streaming_callback",
-        "prepare_curl_callback",
         "opensocket",
     )
 
@@ -74,32 +99,53 @@ class UpstreamCall:
         header_lines: list[bytes],
         connect_timeout: float,
         timeout: float,
-        prepare: Callable[[pycurl.Curl], None],
+        transfer: Transfer,
         streaming_callback: Callable[[bytes], None] | None = None,
         opensocket: Callable[[int, Any], Any] | None = None,
     ) -> None:
         self.url = url
         self.body = body
-        self.header_lines = header_lines
+        self.header_lines = header_lines  # one list per target: a handle that ran the same list last skips it
         self.connect_timeout_ms = int(connect_timeout * 1000)
         self.timeout_ms = int(timeout * 1000)  # 0: no cap on the whole transfer
+        self.transfer = transfer
         self.streaming_callback = streaming_callback
-        self.prepare_curl_callback = prepare
         self.opensocket = opensocket  # libcurl's OPENSOCKETFUNCTION: vets the address of each new connection
 
 
+class Reply:
+    """What an :class:`UpstreamCall` came back with.
+
+    ``code`` is the HTTP status, or 599 when no answer came (``error`` then
+    says why: a ``CurlError`` with the libcurl ``errno``, or
+    :class:`TransferRefused`). ``headers`` holds ``Content-Type`` and
+    ``Retry-After`` when the answer had them; a streamed answer's body went to
+    the streaming callback and ``body`` is empty.
+    """
+
+    __slots__ = ("code", "body", "headers", "error")
+
+    def __init__(self, code: int, body: bytes, headers: dict[str, str], error: Exception | None = None) -> None:
+        self.code = code
+        self.body = body
+        self.headers = headers
+        self.error = error
+
+
 class TransferRefused(Exception):
-    """Raised from ``prepare_curl_callback``: the caller gave up while the request waited for a slot."""
+    """Raised when a call's turn comes: the caller gave up while it waited for a slot."""
 
 
 class Transfer:
     """The libcurl side of one request: lets it be aborted, paused and resumed.
 
-    Pass :meth:`prepare` as the request's ``prepare_curl_callback``. A transfer
-    is aborted from libcurl's progress callback and nudged with a pause/unpause,
-    so that it ends at once even when the server is silent; a request still
-    queued for a handle is refused before it reaches the server. ``owner`` is a
-    set the transfer belongs to while it runs (whoever may abort it).
+    A transfer is aborted from libcurl's progress callback and nudged with a
+    pause/unpause, so that it ends at once even when the server is silent; a
+    request still queued for a handle is refused before it reaches the server.
+    ``owner`` is a set the transfer belongs to while it runs (whoever may
+    abort it). The transport detaches the handle (``curl`` back to ``None``,
+    ``done``) before it goes back to the pool, so an abort never reaches the
+    next call on that handle.
     """
 
     __slots__ = ("curl", "aborted", "started", "done", "paused", "owner", "guard")
@@ -116,7 +162,7 @@ class Transfer:
             owner.add(self)
 
     def prepare(self, curl: pycurl.Curl) -> None:
-        """``prepare_curl_callback``: runs when a handle is free."""
+        """The call's turn has come and ``curl`` will run it."""
         if self.aborted:
             raise TransferRefused()
         self.started = True
@@ -133,12 +179,19 @@ class Transfer:
             except pycurl.error:
                 pass
 
+    def _touched(self) -> None:
+        """This call changed its handle beyond the options a call sets: reset it before the next one."""
+        handle = getattr(self.curl, "lean", None)  # none on a handle of Tornado's own path (it resets every handle)
+        if handle is not None:
+            handle.dirty = True
+
     def abort(self) -> None:
         """Abort now: a queued request never starts, a running one ends at once."""
         self.aborted = True
         if self.curl is not None and not self.done:
             # The progress callback is set only now (a Python call from libcurl on every progress
             # update otherwise costs each request about ten of them); the nudge makes libcurl run it.
+            self._touched()
             try:
                 self.curl.setopt(pycurl.NOPROGRESS, 0)
                 self.curl.setopt(pycurl.XFERINFOFUNCTION, self._stop)
@@ -149,8 +202,9 @@ class Transfer:
 
     def pause(self) -> None:
         """Stop reading from the server (backpressure)."""
-        if not self.paused:
+        if not self.paused and not self.done:
             self.paused = True
+            self._touched()
             self._pause(pycurl.PAUSE_RECV)
 
     def resume(self) -> None:
@@ -158,10 +212,14 @@ class Transfer:
             self.paused = False
             self._pause(pycurl.PAUSE_CONT)
 
-    def finish(self) -> None:
-        """The request is over and its handle back in the pool: never touch it again."""
+    def detach(self) -> None:
+        """The call is over: its handle is about to go back to the pool, never touch it again."""
         self.done = True
         self.curl = None
+
+    def finish(self) -> None:
+        """The caller is done with this transfer."""
+        self.detach()
         if self.owner is not None:
             self.owner.discard(self)
 
@@ -177,8 +235,67 @@ def header_lines(headers: dict[str, str]) -> list[bytes]:
     return [*lines, b"Expect:", b"Pragma:"]
 
 
+class _Handle:
+    """The lean side of one libcurl handle: what it was last set to, and the call it runs.
+
+    Its :meth:`header` and :meth:`write` are the handle's ``HEADERFUNCTION``
+    and ``WRITEFUNCTION`` for as long as it is not reset; they put what comes
+    into the running call's state here.
+    """
+
+    __slots__ = (
+        "ready",
+        "dirty",
+        "url",
+        "header_lines",
+        "connect_timeout_ms",
+        "timeout_ms",
+        "call",
+        "callback",
+        "headers",
+        "chunks",
+        "size",
+        "streaming",
+    )
+
+    def __init__(self) -> None:
+        self.ready = False  # the options every call shares are set (false after a reset)
+        self.dirty = False  # the running call changed something else: reset when it ends
+        self.url: str | None = None
+        self.header_lines: list[bytes] | None = None
+        self.connect_timeout_ms = -1
+        self.timeout_ms = 0
+        self.call: UpstreamCall | None = None
+        self.callback: Callable[[Reply], None] | None = None
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.streaming: Any = None  # Tornado's _CurlStreamingBuffer of a streamed call
+
+    def header(self, raw: bytes) -> None:
+        first = raw[:1]
+        if first == b"H" and raw[:5] == b"HTTP/":
+            self.headers = {}  # a new response (after a 100 Continue, say)
+        elif first in b"CcRr" and first:
+            lower = raw[:13].lower()
+            if lower.startswith(b"content-type:"):
+                self.headers["Content-Type"] = raw[13:].decode("latin-1").strip()
+            elif lower.startswith(b"retry-after:"):
+                self.headers["Retry-After"] = raw[12:].decode("latin-1").strip()
+
+    def write(self, chunk: bytes) -> int | None:
+        streaming = self.streaming
+        if streaming is not None:
+            return streaming.write(chunk)
+        self.size += len(chunk)
+        if self.size > MAX_BUFFERED_BODY:
+            return 0  # libcurl ends the transfer with a write error
+        self.chunks.append(chunk)
+        return None
+
+
 class LeanCurlClient(CurlAsyncHTTPClient):
-    """``CurlAsyncHTTPClient`` that also runs :class:`UpstreamCall` requests, set up lean.
+    """``CurlAsyncHTTPClient`` that also runs :class:`UpstreamCall` requests, lean (see the module's docstring).
 
     It also makes its libcurl handles as they are first needed, up to
     ``max_clients``, where Tornado makes them all at once: an idle node with
@@ -187,88 +304,234 @@ class LeanCurlClient(CurlAsyncHTTPClient):
     """
 
     def initialize(self, max_clients: int = 10, ca_bundle: str = "", **kwargs: Any) -> None:  # type: ignore[override]
+        # Set first: Tornado's initialize already runs libcurl's timer callback once.
+        self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        self._soon = False  # a socket_action(TIMEOUT) is queued with call_soon
+        self._watched: dict[int, int] = {}  # fd -> _READ/_WRITE bits registered with the loop
         super().initialize(max_clients=0, **kwargs)
         self._handle_limit = max_clients
         self.ca_bundle = ca_bundle  # CAINFO of every https call; "" is libcurl's default (the system store)
 
+    def close(self) -> None:
+        for fd in list(self._watched):
+            self._unwatch(fd)
+        super().close()
+
+    def _curl_create(self) -> pycurl.Curl:
+        curl = super()._curl_create()
+        curl.lean = _Handle()
+        return curl
+
+    # -- the queue ------------------------------------------------------------------------
+
     def _process_queue(self) -> None:
-        missing = min(len(self._requests) - len(self._free_list), self._handle_limit - len(self._curls))
-        for _ in range(missing):
-            curl = self._curl_create()
-            self._curls.append(curl)
-            self._free_list.append(curl)
-        super()._process_queue()
-
-    def _curl_setup_request(self, curl: pycurl.Curl, request: Any, buffer: BytesIO, headers: HTTPHeaders) -> None:
-        if type(request) is not UpstreamCall:
-            super()._curl_setup_request(curl, request, buffer, headers)
-            return
-        setopt = curl.setopt
-        setopt(pycurl.URL, request.url)
-        setopt(pycurl.PROTOCOLS, _PROTOCOLS)
-        setopt(pycurl.HTTPHEADER, request.header_lines)
-        setopt(pycurl.USERAGENT, USER_AGENT)
-        setopt(pycurl.HEADERFUNCTION, _HeaderParser(headers).line)
-        if request.streaming_callback is not None:
-            streaming = curl_httpclient._CurlStreamingBuffer(self, curl, request.streaming_callback)
-            curl.info["streaming_buffer"] = streaming
-            setopt(pycurl.WRITEFUNCTION, streaming.write)
-        else:
-            setopt(pycurl.WRITEFUNCTION, _BoundedWriter(buffer).write)
-        setopt(pycurl.CONNECTTIMEOUT_MS, request.connect_timeout_ms)
-        if request.timeout_ms:
-            setopt(pycurl.TIMEOUT_MS, request.timeout_ms)
-        setopt(pycurl.POSTFIELDS, request.body)
-        # The body goes from POSTFIELDS; libcurl's 64 KB upload buffer per handle is
-        # memory held for nothing by every open stream (about 30 KB a stream saved).
-        setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
-        setopt(pycurl.NOSIGNAL, 1)
-        # Certificates are always verified (libcurl's default, kept by reset()), against the CA bundle when set.
-        if self.ca_bundle:
-            setopt(pycurl.CAINFO, self.ca_bundle)
-        if request.opensocket is not None:
-            setopt(pycurl.OPENSOCKETFUNCTION, request.opensocket)
-        request.prepare_curl_callback(curl)
-
-
-class _HeaderParser:
-    """libcurl ``HEADERFUNCTION``: keeps the status reason and the headers the node reads."""
-
-    __slots__ = ("headers",)
-    KEEP = (b"content-type:", b"retry-after:")
-
-    def __init__(self, headers: HTTPHeaders) -> None:
-        self.headers = headers
-
-    def line(self, raw: bytes) -> None:
-        if raw[:5] == b"HTTP/":
-            self.headers.clear()  # a new response (after a 100 Continue, say)
-            reason = raw.split(b" ", 2)[2:]
-            if reason:
-                self.headers["X-Http-Reason"] = reason[0].strip().decode("latin-1")
-            return
-        lower = raw[:13].lower()
-        for prefix in self.KEEP:
-            if lower.startswith(prefix):
-                name, _, value = raw.decode("latin-1").partition(":")
-                self.headers.add(name.strip(), value.strip())
+        requests, free = self._requests, self._free_list
+        while requests:
+            if free:
+                curl = free.pop()
+            elif len(self._curls) < self._handle_limit:
+                curl = self._curl_create()
+                self._curls.append(curl)
+            else:
                 return
+            request, callback, queued = requests.popleft()
+            if type(request) is UpstreamCall:
+                self._start_call(curl, request, callback)
+            else:
+                self._start_request(curl, request, callback, queued)
 
+    def _start_call(self, curl: pycurl.Curl, call: UpstreamCall, callback: Callable[[Reply], None]) -> None:
+        handle: _Handle = curl.lean
+        setopt = curl.setopt
+        if not handle.ready:
+            # Options every call shares, on a handle at libcurl's defaults.
+            setopt(pycurl.PROTOCOLS, _PROTOCOLS)
+            setopt(pycurl.USERAGENT, USER_AGENT)
+            setopt(pycurl.HEADERFUNCTION, handle.header)
+            setopt(pycurl.WRITEFUNCTION, handle.write)
+            # The body goes from POSTFIELDS; libcurl's 64 KB upload buffer per handle is
+            # memory held for nothing by every open stream (about 30 KB a stream saved).
+            setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
+            setopt(pycurl.NOSIGNAL, 1)
+            # Certificates are always verified (libcurl's default), against the CA bundle when set.
+            if self.ca_bundle:
+                setopt(pycurl.CAINFO, self.ca_bundle)
+            handle.ready = True
+            handle.url = handle.header_lines = None
+            handle.connect_timeout_ms, handle.timeout_ms = -1, 0
+        if call.url is not handle.url:
+            setopt(pycurl.URL, call.url)
+            handle.url = call.url
+        if call.header_lines is not handle.header_lines:
+            setopt(pycurl.HTTPHEADER, call.header_lines)
+            handle.header_lines = call.header_lines
+        if call.connect_timeout_ms != handle.connect_timeout_ms:
+            setopt(pycurl.CONNECTTIMEOUT_MS, call.connect_timeout_ms)
+            handle.connect_timeout_ms = call.connect_timeout_ms
+        if call.timeout_ms != handle.timeout_ms:
+            setopt(pycurl.TIMEOUT_MS, call.timeout_ms)
+            handle.timeout_ms = call.timeout_ms
+        setopt(pycurl.POSTFIELDS, call.body)
+        if call.opensocket is not None:
+            setopt(pycurl.OPENSOCKETFUNCTION, call.opensocket)
+            handle.dirty = True
+        handle.call, handle.callback = call, callback
+        handle.headers, handle.chunks, handle.size = {}, [], 0
+        if call.streaming_callback is not None:
+            handle.streaming = curl_httpclient._CurlStreamingBuffer(self, curl, call.streaming_callback)
+        try:
+            call.transfer.prepare(curl)
+        except Exception as error:
+            self._release(curl, handle)
+            callback(Reply(599, b"", {}, error))
+            return
+        curl.info = handle
+        self._multi.add_handle(curl)
 
-class _BoundedWriter:
-    """libcurl ``WRITEFUNCTION`` for a buffered answer, failing the transfer past the cap."""
+    def _start_request(self, curl: pycurl.Curl, request: HTTPRequest, callback: Any, queued: float) -> None:
+        """Any other request, Tornado's way (it resets the handle when done)."""
+        if curl.lean.ready:
+            curl.reset()
+            curl.lean.ready = False
+        info = curl.info = {
+            "headers": HTTPHeaders(),
+            "buffer": BytesIO(),
+            "streaming_buffer": None,
+            "body_too_large": False,
+            "request": request,
+            "callback": callback,
+            "queue_start_time": queued,
+            "curl_start_time": time.time(),
+            "curl_start_ioloop_time": self.io_loop.time(),
+        }
+        try:
+            self._curl_setup_request(curl, request, info["buffer"], info["headers"])
+        except Exception as error:
+            curl.reset()
+            self._free_list.append(curl)
+            callback(HTTPResponse(request=request, code=599, error=error))
+        else:
+            self._multi.add_handle(curl)
 
-    __slots__ = ("buffer", "size")
+    def _finish(self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None) -> None:
+        handle = curl.info
+        if type(handle) is not _Handle:
+            super()._finish(curl, curl_error, curl_message)
+            return
+        curl.info = None
+        self._multi.remove_handle(curl)
+        call, callback = handle.call, handle.callback
+        assert call is not None and callback is not None
+        if handle.streaming is not None:
+            try:
+                handle.streaming.finish()  # the last chunks reach the streaming callback before the reply
+            except Exception:
+                self.handle_callback_exception(call.streaming_callback)
+        if curl_error:
+            reply = Reply(599, b"", handle.headers, CurlError(curl_error, curl_message or ""))
+        else:
+            chunks = handle.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            reply = Reply(curl.getinfo(pycurl.RESPONSE_CODE), body, handle.headers)
+        call.transfer.detach()
+        self._release(curl, handle)
+        try:
+            callback(reply)
+        except Exception:
+            self.handle_callback_exception(callback)
 
-    def __init__(self, buffer: BytesIO) -> None:
-        self.buffer = buffer
-        self.size = 0
+    def _release(self, curl: pycurl.Curl, handle: _Handle) -> None:
+        """Put a handle back in the pool: reset when its call changed it, and let go of a large body."""
+        call = handle.call
+        if handle.dirty:
+            curl.reset()
+            handle.ready = handle.dirty = False
+        elif call is not None and len(call.body) > KEEP_BODY:
+            curl.setopt(pycurl.POSTFIELDS, b"")
+        handle.call = handle.callback = handle.streaming = None
+        handle.chunks = []
+        self._free_list.append(curl)
 
-    def write(self, chunk: bytes) -> int:
-        self.size += len(chunk)
-        if self.size > MAX_BUFFERED_BODY:
-            return 0  # libcurl ends the transfer with a write error
-        return self.buffer.write(chunk)
+    # -- libcurl's timer and sockets ------------------------------------------------------
+
+    def _set_timeout(self, msecs: int) -> None:
+        """libcurl's timer callback: -1 no timer, 0 act at once, else act in ``msecs``."""
+        if msecs == 0:
+            if not self._soon:
+                self._soon = True
+                self._loop.call_soon(self._timeout_soon)
+            return
+        loop = self._loop
+        timer: asyncio.TimerHandle | None = self._timeout  # type: ignore[assignment]
+        if msecs < 0:
+            if timer is not None:
+                timer.cancel()
+                self._timeout = None
+            return
+        when = loop.time() + msecs / 1000
+        if timer is not None:
+            if abs(timer.when() - when) < 0.001:
+                return  # the same deadline: libcurl re-read after a timeout, or unchanged by a new call
+            timer.cancel()
+        self._timeout = loop.call_at(when, self._timeout_due)
+
+    def _timeout_soon(self) -> None:
+        self._soon = False
+        self._handle_timeout()
+
+    def _timeout_due(self) -> None:
+        self._timeout = None
+        self._handle_timeout()
+
+    def _handle_timeout(self) -> None:
+        multi = self._multi
+        if multi is None:
+            return  # closed meanwhile
+        try:
+            multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        except pycurl.error:
+            pass
+        self._finish_pending_requests()
+        # libcurl's clock and the loop's may disagree by a little: re-read the next deadline (a no-op when unchanged).
+        next_ms = multi.timeout()
+        if next_ms >= 0:
+            self._set_timeout(next_ms)
+
+    def _handle_socket(self, event: int, fd: int, multi: pycurl.CurlMulti, data: Any) -> None:
+        """libcurl's socket callback: watch ``fd`` for what it asks, or no longer.
+
+        A changed request is a remove and an add, as in Tornado: libcurl may
+        close a socket and open another under the same number without telling,
+        and the kernel has then dropped the old one from epoll.
+        """
+        if fd in self._watched:
+            self._unwatch(fd)
+        if event == pycurl.POLL_REMOVE:
+            return
+        events = _SOCKET_EVENTS[event]
+        if events & _READ:
+            self._loop.add_reader(fd, self._socket_ready, fd, pycurl.CSELECT_IN)
+        if events & _WRITE:
+            self._loop.add_writer(fd, self._socket_ready, fd, pycurl.CSELECT_OUT)
+        if events:
+            self._watched[fd] = events
+
+    def _unwatch(self, fd: int) -> None:
+        events = self._watched.pop(fd)
+        if events & _READ:
+            self._loop.remove_reader(fd)
+        if events & _WRITE:
+            self._loop.remove_writer(fd)
+
+    def _socket_ready(self, fd: int, action: int) -> None:
+        multi = self._multi
+        if multi is None:
+            return
+        try:
+            multi.socket_action(fd, action)
+        except pycurl.error:
+            pass
+        self._finish_pending_requests()
 
 
 # libcurl errors of a connection that could not be made.
@@ -278,7 +541,7 @@ LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_REC
 TLS_ERRORS = frozenset((pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE, pycurl.E_SSL_ISSUER_ERROR))
 
 
-def failure_of(response: HTTPResponse, transfer: Transfer, provider: str) -> UpstreamFailure:
+def failure_of(response: Reply, transfer: Transfer, provider: str) -> UpstreamFailure:
     """What an attempt that got no HTTP answer (Tornado's code 599) failed of."""
     err = response.error
     errno = getattr(err, "errno", None)
@@ -298,12 +561,7 @@ def failure_of(response: HTTPResponse, transfer: Transfer, provider: str) -> Ups
 
 
 def status_of(transfer: Transfer) -> int:
-    """The HTTP status of a running transfer, read from its libcurl handle (0 when not known yet).
-
-    Tornado queues header lines with ``add_callback`` but flushes a fast
-    response's body synchronously, so the body may reach the streaming
-    callback before the status line has been parsed: the handle knows.
-    """
+    """The HTTP status of a running transfer, read from its libcurl handle (0 when not known yet)."""
     curl = transfer.curl
     return curl.getinfo(pycurl.RESPONSE_CODE) if curl is not None else 0
 
@@ -316,11 +574,16 @@ class Transport:
             force_instance=True,
             max_clients=max_connections,
             ca_bundle=ca_bundle,
-            max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped by _BoundedWriter
+            max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped by _Handle.write
         )
 
-    def start(self, call: UpstreamCall, done: Callable[[HTTPResponse], None]) -> None:
-        """Queue ``call``; ``done`` gets its response (code 599 for a transport failure)."""
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop the client runs on."""
+        return self.http._loop
+
+    def start(self, call: UpstreamCall, done: Callable[[Reply], None]) -> None:
+        """Queue ``call``; ``done`` gets its :class:`Reply` (code 599 for a transport failure)."""
         self.http.fetch_impl(call, done)  # type: ignore[arg-type]
 
     def idle(self) -> bool:

@@ -1,0 +1,116 @@
+"""The lean transport on one libcurl handle: what one call sets never leaks into the next.
+
+``LeanCurlClient`` keeps a handle's options from one call to the next and
+resets it only after a call that changed something else (an abort, a pause)
+or before Tornado's own request path uses it. These tests run every kind of
+call back to back on a pool of one handle, against the mock upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pycurl
+import pytest
+import ujson
+
+from tests.mock_upstream import Behavior, MockUpstream
+from utils.upstream.transport import Reply, Transfer, Transport, UpstreamCall, header_lines
+
+LINES = header_lines({"Content-Type": "application/json", "Authorization": "Bearer sk-transport-test"})
+
+
+def chat(stream: bool = False, model: str = "gpt-4o-mini") -> bytes:
+    return ujson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
+
+
+@pytest.fixture
+def transport(io_loop: object) -> Iterator[Transport]:
+    one = Transport(max_connections=1)  # on the test's IOLoop
+    yield one
+    one.close()
+
+
+async def run(transport: Transport, call: UpstreamCall) -> Reply:
+    future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    transport.start(call, future.set_result)
+    return await asyncio.wait_for(future, 10)
+
+
+def call(upstream: MockUpstream, body: bytes, timeout: float = 5) -> UpstreamCall:
+    return UpstreamCall(upstream.base_url + "/chat/completions", body, LINES, 2, timeout, Transfer())
+
+
+@pytest.mark.gen_test
+async def test_one_handle_runs_every_kind_of_call_in_turn(transport: Transport, upstream: MockUpstream) -> None:
+    reply = await run(transport, call(upstream, chat()))
+    assert reply.code == 200 and reply.error is None
+    assert ujson.loads(reply.body)["choices"][0]["message"]["content"] == "Hello from mock"
+    assert reply.headers["Content-Type"].startswith("application/json")
+
+    # A stream aborted after its first chunk: the abort's progress callback must not outlive it.
+    upstream.push(Behavior(chunks=50, chunk_delay=0.05))
+    chunks: list[bytes] = []
+    transfer = Transfer()
+
+    def on_chunk(chunk: bytes) -> None:
+        chunks.append(chunk)
+        transfer.abort()
+
+    aborted = UpstreamCall(upstream.base_url + "/chat/completions", chat(stream=True), LINES, 2, 0, transfer,
+                           streaming_callback=on_chunk)
+    reply = await run(transport, aborted)
+    assert reply.code == 599 and chunks and transfer.done
+
+    again = await run(transport, call(upstream, chat()))
+    assert again.code == 200, "the call after an abort on the same handle was aborted too"
+
+    # Tornado's own path (the router client's) takes the handle, then a lean call gets it back.
+    response = await transport.http.fetch(upstream.base_url + "/models", raise_error=False)
+    assert response.code == 200
+    reply = await run(transport, call(upstream, chat()))
+    assert reply.code == 200 and ujson.loads(reply.body)["object"] == "chat.completion"
+
+    # Another URL and other headers on the same handle are sent as asked.
+    embedding = UpstreamCall(upstream.base_url + "/embeddings", b'{"model":"e","input":"x"}',
+                             header_lines({"Content-Type": "application/json", "Authorization": "Bearer other"}),
+                             2, 5, Transfer())
+    reply = await run(transport, embedding)
+    assert reply.code == 200 and ujson.loads(reply.body)["object"] == "list"
+    assert upstream.requests[-1].headers["authorization"] == "Bearer other"
+    assert upstream.requests[-1].path.endswith("/embeddings")
+
+    assert len(transport.http._curls) == 1, "the test meant to use one handle"
+    assert transport.idle()
+    assert transport.http._watched == {}, "a finished call's socket is still watched"
+
+
+@pytest.mark.gen_test
+async def test_a_timeout_ends_a_silent_call_and_the_next_call_has_its_own(transport: Transport, upstream: MockUpstream) -> None:
+    upstream.push(Behavior(hang=True))
+    reply = await run(transport, call(upstream, chat(), timeout=0.3))
+    assert reply.code == 599 and getattr(reply.error, "errno", None) == pycurl.E_OPERATION_TIMEDOUT
+
+    upstream.push(Behavior(delay=0.5))
+    reply = await run(transport, call(upstream, chat(), timeout=5))
+    assert reply.code == 200, "the earlier call's 0.3 s timeout stayed on the handle"
+
+
+@pytest.mark.gen_test
+async def test_a_queued_call_that_was_given_up_is_refused_when_its_turn_comes(
+    transport: Transport, upstream: MockUpstream
+) -> None:
+    upstream.push(Behavior(delay=0.3))
+    first = asyncio.ensure_future(run(transport, call(upstream, chat())))
+    given_up = Transfer()
+    second = call(upstream, chat())
+    second.transfer = given_up
+    queued = asyncio.ensure_future(run(transport, second))
+    given_up.abort()
+    assert (await first).code == 200
+    reply = await queued
+    assert reply.code == 599 and type(reply.error).__name__ == "TransferRefused"
+    assert len(upstream.requests) == 1, "a refused call reached the upstream"
+    reply = await run(transport, call(upstream, chat()))
+    assert reply.code == 200
