@@ -8,10 +8,9 @@ anything else is a 500 logged with its traceback and a body without internals.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import os
+import random
 import re
 import time
 from typing import Any
@@ -56,7 +55,7 @@ class BaseHandler(RequestHandler):
         self.client_aborted = False
         self._chunks: list[bytes] = []
         self._body_size = 0
-        self._body_timer: Any = None
+        self._body_pending = False  # a REQUEST_BODY_TIMEOUT deadline is set (ctx.body_deadlines)
 
     # -- headers common to every response ----------------------------------------
 
@@ -68,7 +67,8 @@ class BaseHandler(RequestHandler):
             if incoming and _REQUEST_ID_OK.match(incoming) and not self.ctx.redactor.found_in(incoming):
                 self.request_id = incoming
             else:
-                self.request_id = os.urandom(16).hex()
+                # A correlation id, not a secret: the process's PRNG (reseeded in each forked worker), no syscall.
+                self.request_id = f"{random.getrandbits(128):032x}"
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("Content-Type", "application/json")
         if self.machine_ip_header:
@@ -127,20 +127,20 @@ class BaseHandler(RequestHandler):
             connection.set_max_body_size(1 << 62)
         if self.accept_body and (length not in (None, "0") or "Transfer-Encoding" in self.request.headers):
             # A body must be complete within REQUEST_BODY_TIMEOUT of the end of the headers.
-            loop = asyncio.get_running_loop()
-            self._body_timer = loop.call_later(self.ctx.settings.request_body_timeout, self._body_timed_out)
+            self._body_pending = True
+            self.ctx.body_deadlines.add(self, self.ctx.settings.request_body_timeout, self._body_timed_out)
 
     def _body_timed_out(self) -> None:
-        self._body_timer = None
+        self._body_pending = False
         if not self._finished:
             self._chunks.clear()
             error = ApiError(408, "Request body did not arrive in time (REQUEST_BODY_TIMEOUT)", code="request_timeout")
             self.send_error(408, exc_info=(ApiError, error, None))
 
     def _body_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        if self._body_pending:
+            self._body_pending = False
+            self.ctx.body_deadlines.discard(self)
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:

@@ -9,6 +9,7 @@ import ujson
 
 from config import ConfigError, Settings
 from utils import metrics
+from utils.deadlines import Deadlines
 from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
@@ -49,6 +50,7 @@ class NodeContext:
         self.machine_ip = settings.machine_ip or detect_local_ip()
         self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens)
         self.in_flight = 0
+        self.body_deadlines = Deadlines()  # REQUEST_BODY_TIMEOUT of the bodies still arriving
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []
         self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
