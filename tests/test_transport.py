@@ -25,9 +25,10 @@ def chat(stream: bool = False, model: str = "gpt-4o-mini") -> bytes:
     return ujson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
 
 
-@pytest.fixture
-def transport(io_loop: object) -> Iterator[Transport]:
-    one = Transport(max_connections=1)  # on the test's IOLoop
+@pytest.fixture(params=["epoll", "loop"])
+def transport(request: pytest.FixtureRequest, io_loop: object) -> Iterator[Transport]:
+    """A pool of one handle on the test's IOLoop, its sockets watched in an epoll set of their own or by the loop."""
+    one = Transport(max_connections=1, use_epoll=request.param == "epoll")
     yield one
     one.close()
 

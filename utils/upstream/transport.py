@@ -30,8 +30,10 @@ connections:
   the node reads, the libcurl error);
 * libcurl's timer requests are kept to one asyncio timer, re-armed only
   when its deadline really moves, and "at once" is a ``call_soon``;
-* libcurl's sockets are watched with the asyncio loop's ``add_reader`` /
-  ``add_writer`` directly.
+* libcurl's sockets are watched in an epoll set of their own, which is a
+  single descriptor in the asyncio loop (an ``epoll_ctl`` each way per call,
+  instead of the loop's handle and selector-key objects); without epoll,
+  with the loop's ``add_reader`` / ``add_writer`` directly.
 
 Any other request (the router client's) goes Tornado's ordinary way.
 """
@@ -39,6 +41,7 @@ Any other request (the router client's) goes Tornado's ordinary way.
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from collections.abc import Callable
 from io import BytesIO
@@ -70,6 +73,11 @@ UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
 # An idle handle lets go of its last request body when it is larger than this (smaller ones stay until the next call).
 KEEP_BODY = 16 * 1024
 _READ, _WRITE = 1, 2
+if hasattr(select, "epoll"):
+    _EPOLL_IN = select.EPOLLIN | select.EPOLLHUP  # a hang-up is for libcurl to read (and find the end)
+    _EPOLL_MASKS = {_READ: select.EPOLLIN, _WRITE: select.EPOLLOUT, _READ | _WRITE: select.EPOLLIN | select.EPOLLOUT}
+else:  # no epoll (not Linux): libcurl's sockets are watched with the loop's add_reader / add_writer
+    _EPOLL_IN, _EPOLL_MASKS = 0, {}
 _SOCKET_EVENTS = {
     pycurl.POLL_NONE: 0,
     pycurl.POLL_IN: _READ,
@@ -303,11 +311,18 @@ class LeanCurlClient(CurlAsyncHTTPClient):
     35 MB) it may never use.
     """
 
-    def initialize(self, max_clients: int = 10, ca_bundle: str = "", **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, max_clients: int = 10, ca_bundle: str = "", use_epoll: bool = True, **kwargs: Any
+    ) -> None:
         # Set first: Tornado's initialize already runs libcurl's timer callback once.
         self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._soon = False  # a socket_action(TIMEOUT) is queued with call_soon
-        self._watched: dict[int, int] = {}  # fd -> _READ/_WRITE bits registered with the loop
+        self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits it is watched for
+        # On Linux libcurl's sockets go in an epoll set of their own, which is one descriptor in the loop:
+        # watching a socket for one call is then an epoll_ctl each way, without the loop's handle and key objects.
+        self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") and use_epoll else None
+        if self._epoll is not None:
+            self._loop.add_reader(self._epoll.fileno(), self._epoll_ready)
         super().initialize(max_clients=0, **kwargs)
         self._handle_limit = max_clients
         self.ca_bundle = ca_bundle  # CAINFO of every https call; "" is libcurl's default (the system store)
@@ -316,6 +331,10 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         for fd in list(self._watched):
             self._unwatch(fd)
         super().close()
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
 
     def _curl_create(self) -> pycurl.Curl:
         curl = super()._curl_create()
@@ -509,15 +528,27 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if event == pycurl.POLL_REMOVE:
             return
         events = _SOCKET_EVENTS[event]
+        if not events:
+            return
+        self._watched[fd] = events
+        epoll = self._epoll
+        if epoll is not None:
+            epoll.register(fd, _EPOLL_MASKS[events])
+            return
         if events & _READ:
             self._loop.add_reader(fd, self._socket_ready, fd, pycurl.CSELECT_IN)
         if events & _WRITE:
             self._loop.add_writer(fd, self._socket_ready, fd, pycurl.CSELECT_OUT)
-        if events:
-            self._watched[fd] = events
 
     def _unwatch(self, fd: int) -> None:
         events = self._watched.pop(fd)
+        epoll = self._epoll
+        if epoll is not None:
+            try:
+                epoll.unregister(fd)
+            except OSError:
+                pass  # closed meanwhile: the kernel has dropped it
+            return
         if events & _READ:
             self._loop.remove_reader(fd)
         if events & _WRITE:
@@ -531,6 +562,25 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             multi.socket_action(fd, action)
         except pycurl.error:
             pass
+        self._finish_pending_requests()
+
+    def _epoll_ready(self) -> None:
+        """The epoll set of libcurl's sockets is readable: act on every socket that is ready."""
+        multi, epoll = self._multi, self._epoll
+        if multi is None or epoll is None:
+            return
+        for fd, mask in epoll.poll(0):
+            action = 0
+            if mask & _EPOLL_IN:
+                action |= pycurl.CSELECT_IN
+            if mask & select.EPOLLOUT:
+                action |= pycurl.CSELECT_OUT
+            if mask & select.EPOLLERR:
+                action |= pycurl.CSELECT_ERR
+            try:
+                multi.socket_action(fd, action)
+            except pycurl.error:
+                pass
         self._finish_pending_requests()
 
 
@@ -569,11 +619,12 @@ def status_of(transfer: Transfer) -> int:
 class Transport:
     """The process's one libcurl client: pooled keep-alive connections, at most ``max_connections`` transfers."""
 
-    def __init__(self, max_connections: int, ca_bundle: str = "") -> None:
+    def __init__(self, max_connections: int, ca_bundle: str = "", use_epoll: bool = True) -> None:
         self.http = LeanCurlClient(
             force_instance=True,
             max_clients=max_connections,
             ca_bundle=ca_bundle,
+            use_epoll=use_epoll,  # False: libcurl's sockets are watched by the loop itself (as without epoll)
             max_body_size=1 << 62,  # a stream may be arbitrarily long; buffered answers are capped by _Handle.write
         )
 
