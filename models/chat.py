@@ -43,6 +43,9 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "metadata": (dict,),
 }
 _TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array", dict: "object"}
+# The exact types a decoded JSON value of each field may have (a bool is never an int here): the usual body
+# passes on one set look-up a field, and only a mismatch goes through check_type for its message.
+_EXACT_TYPES = {name: frozenset(types) | {type(None)} for name, types in FIELD_TYPES.items()}
 USER_MESSAGE_REQUIRED = "At least one user message is required"
 
 
@@ -298,7 +301,8 @@ def parse_chat_request(
     body = parse_json_object(raw)
     if endpoint.chat_rules:
         for name in FIELD_TYPES.keys() & body.keys():
-            check_type(body, name, FIELD_TYPES[name])
+            if type(body[name]) not in _EXACT_TYPES[name]:
+                check_type(body, name, FIELD_TYPES[name])
     elif endpoint.streams:
         check_type(body, "stream", (bool,))
     custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)

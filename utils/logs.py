@@ -11,6 +11,8 @@ request, measured). With any other handler attached, access lines go through
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
@@ -53,13 +55,19 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 class AccessWriter:
-    """Writes access lines straight to the node's log handler, formatted as its formatter would."""
+    """Writes access lines straight to the node's log handler, formatted as its formatter would.
+
+    The lines of one turn of the event loop go out in one write at its end
+    (a request's line is at most one loop turn late), not a write each.
+    """
 
     def __init__(self, handler: logging.StreamHandler[Any], json_lines: bool) -> None:
         self.handler = handler
         self.json_lines = json_lines
         self._second = -1
         self._stamp = ""
+        self._pending: list[str] = []
+        self.pid = os.getpid()  # refreshed in a forked worker (_after_fork)
 
     def usable(self) -> bool:
         """The lean path applies: the node's handler is the only one, and access lines are on."""
@@ -84,24 +92,53 @@ class AccessWriter:
     def write(self, message: str, fields: dict[str, Any]) -> None:
         now = time.time()
         if self.json_lines:
-            data = {"time": self._time(now), "level": "INFO", "logger": "mira.access", "pid": os.getpid(),
+            data = {"time": self._time(now), "level": "INFO", "logger": "mira.access", "pid": self.pid,
                     "message": message, **fields}
             try:
                 line = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, default=str)
             except UnicodeEncodeError:
                 line = ujson.dumps(data, escape_forward_slashes=False, default=str)
         else:
-            line = f"{self._time(now)} INFO mira.access[{os.getpid()}]: {message}"  # its parts are escaped
+            line = f"{self._time(now)} INFO mira.access[{self.pid}]: {message}"  # its parts are escaped
+        pending = self._pending
+        pending.append(line + "\n")
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running: write it now
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the lines waiting for the end of the loop turn."""
+        lines, self._pending = self._pending, []
+        if not lines:
+            return
         handler = self.handler
         with handler.lock:  # type: ignore[union-attr]
             try:
-                handler.stream.write(line + "\n")
+                handler.stream.write("".join(lines))
                 handler.stream.flush()
             except (OSError, ValueError):  # a closed or broken stderr must not fail a request
                 pass
 
 
 _access_writer: AccessWriter | None = None
+
+
+def _after_fork() -> None:
+    writer = _access_writer
+    if writer is not None:
+        writer.pid = os.getpid()
+        writer._pending = []  # the parent's lines are the parent's to write
+
+
+def _at_exit() -> None:
+    if _access_writer is not None:
+        _access_writer.flush()  # lines of the loop's last turn
+
+
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_at_exit)
 
 
 def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
@@ -118,6 +155,8 @@ def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    if _access_writer is not None:
+        _access_writer.flush()
     _access_writer = AccessWriter(handler, fmt == "json")
     # Process-life lines (start-up, draining, stopped) are written at any LOG_LEVEL.
     if logging.getLevelName(level) > logging.INFO:

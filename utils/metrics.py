@@ -50,16 +50,32 @@ def _child(metric: Any, *labels: str) -> Any:
     return child
 
 
+# What one request updates, per label set: the children's bound methods, looked up once.
+_request_cells: dict[tuple[str, int], tuple[Any, Any]] = {}
+_upstream_cells: dict[tuple[str, str], tuple[Any, Any]] = {}
+_token_cells: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def request_done(route: str, status: int, seconds: float) -> None:
     """Count one answered request and its duration."""
-    _child(REQUESTS, route, str(status)).inc()
-    _child(REQUEST_DURATION, route).observe(seconds)
+    cells = _request_cells.get((route, status))
+    if cells is None:
+        cells = _request_cells[(route, status)] = (
+            REQUESTS.labels(route, str(status)).inc, REQUEST_DURATION.labels(route).observe
+        )
+    cells[0]()
+    cells[1](seconds)
 
 
 def upstream_call(provider: str, outcome: str, seconds: float) -> None:
     """Count one upstream attempt and its duration."""
-    _child(UPSTREAM_CALLS, provider, outcome).inc()
-    _child(UPSTREAM_DURATION, provider).observe(seconds)
+    cells = _upstream_cells.get((provider, outcome))
+    if cells is None:
+        cells = _upstream_cells[(provider, outcome)] = (
+            UPSTREAM_CALLS.labels(provider, outcome).inc, UPSTREAM_DURATION.labels(provider).observe
+        )
+    cells[0]()
+    cells[1](seconds)
 
 
 def upstream_retry(provider: str) -> None:
@@ -84,7 +100,12 @@ def fallback(from_provider: str, to_provider: str) -> None:
 
 def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
     """Count the tokens of one answer (``model``: a listed model id, ``other`` or ``custom``)."""
+    cells = _token_cells.get((provider, model))
+    if cells is None:
+        cells = _token_cells[(provider, model)] = (
+            TOKENS.labels(provider, model, "prompt").inc, TOKENS.labels(provider, model, "completion").inc
+        )
     if prompt:
-        _child(TOKENS, provider, model, "prompt").inc(prompt)
+        cells[0](prompt)
     if completion:
-        _child(TOKENS, provider, model, "completion").inc(completion)
+        cells[1](completion)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
+from typing import NamedTuple
 from urllib.parse import quote
 
 import ujson
@@ -32,8 +32,7 @@ from utils.upstream.providers import ProviderRegistry, Target
 from utils.upstream.usage import wants_injection
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """One target of a request: the model as the client names it, where it goes, the body it gets."""
 
     model_id: str  # "PROVIDER/MODEL" (a custom provider's model as given): X-Mira-Model
