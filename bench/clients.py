@@ -310,3 +310,26 @@ async def json_load(host: str, port: int, path: str, body: bytes, connections: i
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(connections))), seconds + 30)
     result.seconds = time.monotonic() - started
     return result
+
+
+async def burst_first_bytes(host: str, port: int, path: str, body: bytes, count: int, timeout: float = 15.0) -> list[float]:
+    """``count`` POSTs sent at once on connections opened beforehand: seconds to each answer's first byte.
+
+    The floor of a burst: against the bare Tornado handler it is what the
+    server itself costs ``count`` requests arriving together.
+    """
+    opened = [await asyncio.open_connection(host, port) for _ in range(count)]
+    request = post_request(path, body, host)
+    try:
+        started = time.monotonic()
+        for _, writer in opened:
+            writer.write(request)
+
+        async def first_byte(reader: asyncio.StreamReader) -> float:
+            await reader.read(1)
+            return time.monotonic() - started
+
+        return list(await asyncio.wait_for(asyncio.gather(*(first_byte(r) for r, _ in opened)), timeout))
+    finally:
+        for _, writer in opened:
+            writer.close()

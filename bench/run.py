@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from chart import panels, write_chart
-from clients import CHAT_PATH, StreamProbe, get_json, json_load, open_probe, stream_body, wait_first
+from clients import (
+    CHAT_PATH,
+    StreamProbe,
+    burst_first_bytes,
+    get_json,
+    json_load,
+    open_probe,
+    stream_body,
+    wait_first,
+)
 from upstream import raise_fd_limit
 
 BENCH = Path(__file__).resolve().parent
@@ -492,6 +501,15 @@ RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS = 20, 400, 2.0
 PACED_EVENTS, PACED_INTERVAL_MS = 1000, 1.0  # one stream at 1,000 events/s
 
 
+async def json_bursts(port: int, rounds: int) -> list[float]:
+    """``rounds`` bursts of STREAMS_AT_ONCE JSON requests sent at once: ms to each answer's first byte."""
+    body = wrk_body()
+    times: list[float] = []
+    for _ in range(rounds):
+        times += [t * 1000 for t in await burst_first_bytes(HOST, port, CHAT_PATH, body, STREAMS_AT_ONCE)]
+    return times
+
+
 async def paced_stream(port: int) -> StreamStats:
     """One stream of 1,000 events 1 ms apart: does every event reach the client in a read of its own?"""
     return await stream_rounds(port, 1, 1, PACED_EVENTS, PACED_INTERVAL_MS)
@@ -654,6 +672,7 @@ class Measurements:
     abort: dict[str, AbortStats | None] = field(default_factory=dict)
     relay_cpu_us: dict[str, float | None] = field(default_factory=dict)  # CPU per relayed stream event
     paced: dict[str, StreamStats | None] = field(default_factory=dict)  # one stream at 1,000 events/s
+    bursts: dict[str, list[float] | None] = field(default_factory=dict)  # 50 JSON requests at once: ms to first byte
     rss_idle: list[tuple[str, float, bool]] = field(default_factory=list)  # (label, MB, judged against the target)
     holds: dict[tuple[str, int], HoldResult | None] = field(default_factory=dict)  # (target, streams asked for)
     fd_limit: int = 0
@@ -711,6 +730,7 @@ class Bench:
         m.streams["direct"] = await self.step("50 streams, direct", lambda: self.streams(port, plan.stream_rounds))
         m.relay_cpu_us["direct"] = await self.step("relayed events, direct", lambda: relay_cpu(port, upstream))
         m.paced["direct"] = await self.step("1,000 events/s, direct", lambda: paced_stream(port))
+        m.bursts["direct"] = await self.step("JSON bursts, direct", lambda: json_bursts(port, plan.stream_rounds))
         m.abort["direct"] = await self.step("abort, direct", lambda: abort_trials(port, upstream, plan.abort_trials, "direct"))
         for count in plan.holds:
             m.holds[("direct", count)] = await self.step(
@@ -731,6 +751,7 @@ class Bench:
         m.streams["node"] = await self.step("50 streams, node", lambda: self.streams(port, plan.stream_rounds))
         m.relay_cpu_us["node"] = await self.step("relayed events, node", lambda: relay_cpu(port, node))
         m.paced["node"] = await self.step("1,000 events/s, node", lambda: paced_stream(port))
+        m.bursts["node"] = await self.step("JSON bursts, node", lambda: json_bursts(port, plan.stream_rounds))
         targets = {"node": port, "direct": upstream.port}
         m.alone.update(
             await self.step("one stream alone, node and direct", lambda: stream_alone(targets, plan.alone_trials)) or {}
@@ -750,6 +771,9 @@ class Bench:
         bare = await start_bare(self.procs)
         self.m.json["bare"] = await self.step(
             "JSON, bare Tornado handler", lambda: self.load.measure(bare, self.plan.json_seconds, self.plan.json_warmup)
+        )
+        self.m.bursts["bare"] = await self.step(
+            "JSON bursts, bare Tornado handler", lambda: json_bursts(bare.port, self.plan.stream_rounds)
         )
         self.procs.stop(bare.proc)
 
@@ -912,6 +936,16 @@ def stream_rows(m: Measurements) -> list[Row]:
             fmt(coalesced_d, " %", 1),
             target="0 %",
             ok=None if coalesced_n is None else sn.coalesced == 0,
+        )
+    )
+    bn, bd, bb = (m.bursts.get(name) for name in ("node", "direct", "bare"))
+    node_ms, direct_ms, bare_ms = (percentile(b, 50) if b else None for b in (bn, bd, bb))
+    rows.append(
+        row(
+            f"{STREAMS_AT_ONCE} JSON requests at once: first byte p50 (the floor: a bare Tornado handler's)",
+            fmt(node_ms, " ms"),
+            fmt(direct_ms, " ms"),
+            f"bare: {fmt(bare_ms, ' ms')}",
         )
     )
     pn, pd = m.paced.get("node"), m.paced.get("direct")
