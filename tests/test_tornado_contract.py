@@ -109,19 +109,6 @@ def test_curl_error_carries_the_libcurl_errno() -> None:
     )
 
 
-def test_streaming_buffer_takes_client_curl_and_callback() -> None:
-    buffer_class = getattr(curl_httpclient, "_CurlStreamingBuffer", None)
-    assert buffer_class is not None, (
-        f"{VERSION}: tornado.curl_httpclient._CurlStreamingBuffer is gone; streams hand their chunks to it (it queues"
-        " them for the IOLoop and pauses the transfer above 1 MB)"
-    )
-    assert parameters(buffer_class.__init__) == ["self", "client", "curl", "callback"], (
-        f"{VERSION}: _CurlStreamingBuffer(client, curl, callback) changed its signature"
-    )
-    for name in ("write", "finish"):
-        assert callable(getattr(buffer_class, name, None)), f"{VERSION}: _CurlStreamingBuffer.{name} is gone"
-
-
 def test_initialize_takes_max_clients_and_max_body_size() -> None:
     names = parameters(CurlAsyncHTTPClient.initialize)
     assert "max_clients" in names and "max_body_size" in names, (

@@ -16,6 +16,7 @@ import pytest
 import ujson
 
 from tests.mock_upstream import Behavior, MockUpstream
+from utils.upstream import transport as transport_module
 from utils.upstream.transport import Reply, Transfer, Transport, UpstreamCall, header_lines
 
 LINES = header_lines({"Content-Type": "application/json", "Authorization": "Bearer sk-transport-test"})
@@ -115,3 +116,36 @@ async def test_a_queued_call_that_was_given_up_is_refused_when_its_turn_comes(
     assert len(upstream.requests) == 1, "a refused call reached the upstream"
     reply = await run(transport, call(upstream, chat()))
     assert reply.code == 200
+
+
+@pytest.mark.gen_test
+async def test_a_fast_large_stream_arrives_whole_and_in_order(
+    transport: Transport, upstream: MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # About 4 MB as fast as the mock can write it, with at most 32 KB allowed to wait for the loop: libcurl
+    # is paused and resumed on the way many times; nothing may be lost, repeated or reordered.
+    monkeypatch.setattr(transport_module, "STREAM_BUFFER", 32 * 1024)
+    pauses = 0
+    write = transport_module._Handle.write
+
+    def counting_write(handle: transport_module._Handle, chunk: bytes) -> int | None:
+        nonlocal pauses
+        answer = write(handle, chunk)
+        pauses += answer == pycurl.WRITEFUNC_PAUSE
+        return answer
+
+    monkeypatch.setattr(transport_module._Handle, "write", counting_write)
+    upstream.push(Behavior(chunks=200, chunk_padding=20_000))
+    received: list[bytes] = []
+    streamed = UpstreamCall(upstream.base_url + "/chat/completions", chat(stream=True), LINES, 2, 0, Transfer(),
+                            streaming_callback=received.append)
+    reply = await run(transport, streamed)
+    assert reply.code == 200
+    text = b"".join(received)
+    assert len(text) > 4_000_000
+    events = [e for e in text.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    deltas = [ujson.loads(e[6:]) for e in events[:-1]]
+    assert len(deltas) == 201  # 200 content deltas and the final chunk
+    assert all(len(d["choices"][0]["delta"].get("content", "")) >= 20_000 for d in deltas[:200])
+    assert pauses > 0, "the test meant libcurl to be paused by a full buffer"

@@ -8,7 +8,7 @@ one call), :class:`Reply` (what a call came back with) and
 ``_finish``, ``_finish_pending_requests``, ``_set_timeout``,
 ``_handle_timeout``, ``_handle_socket``, ``_curl_create``,
 ``_curl_setup_request``, ``_requests``, ``_free_list``, ``_curls``,
-``_multi``, ``_timeout``, ``_CurlStreamingBuffer``, ``curl.info``) are
+``_multi``, ``_timeout``, ``curl.info``) are
 checked by ``tests/test_tornado_contract.py``, which says what changed when a
 Tornado upgrade breaks one of them.
 
@@ -48,7 +48,6 @@ from io import BytesIO
 from typing import Any
 
 import pycurl
-from tornado import curl_httpclient
 from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
@@ -70,6 +69,8 @@ USER_AGENT = "mira-service-node"
 MAX_BUFFERED_BODY = 64 * 1024 * 1024
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
+# A stream's chunks waiting for the loop are at most this many bytes: libcurl is paused above it.
+STREAM_BUFFER = 1024 * 1024
 # An idle handle lets go of its last request body when it is larger than this (smaller ones stay until the next call).
 KEEP_BODY = 16 * 1024
 _READ, _WRITE = 1, 2
@@ -252,6 +253,8 @@ class _Handle:
     """
 
     __slots__ = (
+        "client",
+        "curl",
         "ready",
         "dirty",
         "url",
@@ -263,10 +266,14 @@ class _Handle:
         "headers",
         "chunks",
         "size",
-        "streaming",
+        "stream",
+        "queued",
+        "full",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, client: LeanCurlClient, curl: pycurl.Curl) -> None:
+        self.client = client
+        self.curl = curl
         self.ready = False  # the options every call shares are set (false after a reset)
         self.dirty = False  # the running call changed something else: reset when it ends
         self.url: str | None = None
@@ -276,9 +283,11 @@ class _Handle:
         self.call: UpstreamCall | None = None
         self.callback: Callable[[Reply], None] | None = None
         self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.streaming: Any = None  # Tornado's _CurlStreamingBuffer of a streamed call
+        self.chunks: list[bytes] = []  # a buffered answer's body, or a stream's chunks not yet delivered
+        self.size = 0  # their bytes
+        self.stream: Callable[[bytes], None] | None = None  # a streamed call's streaming_callback
+        self.queued = False  # in the client's delivery queue
+        self.full = False  # the stream's undelivered chunks reached STREAM_BUFFER: libcurl is paused
 
     def header(self, raw: bytes) -> None:
         first = raw[:1]
@@ -292,14 +301,42 @@ class _Handle:
                 self.headers["Retry-After"] = raw[12:].decode("latin-1").strip()
 
     def write(self, chunk: bytes) -> int | None:
-        streaming = self.streaming
-        if streaming is not None:
-            return streaming.write(chunk)
+        if self.stream is not None:
+            if self.size >= STREAM_BUFFER:
+                # Enough waits for the loop: libcurl keeps this chunk and offers it again once unpaused.
+                self.full = True
+                return pycurl.WRITEFUNC_PAUSE
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+            if not self.queued:
+                self.queued = True
+                self.client._deliver_later(self)
+            return None
         self.size += len(chunk)
         if self.size > MAX_BUFFERED_BODY:
             return 0  # libcurl ends the transfer with a write error
         self.chunks.append(chunk)
         return None
+
+    def deliver(self) -> None:
+        """Hand a stream's waiting chunks to its streaming callback (outside libcurl's callbacks)."""
+        self.queued = False
+        stream = self.stream
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        if stream is None:
+            return
+        for chunk in chunks:
+            try:
+                stream(chunk)
+            except Exception:
+                self.client.handle_callback_exception(stream)
+        if self.full and self.call is not None:
+            self.full = False
+            if not self.call.transfer.paused:  # a pause for a slow client is the relay's to lift
+                try:
+                    self.curl.pause(pycurl.PAUSE_CONT)  # may offer the held chunk again at once
+                except pycurl.error:
+                    pass  # the transfer failed meanwhile: _finish reports it
 
 
 class LeanCurlClient(CurlAsyncHTTPClient):
@@ -317,6 +354,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         # Set first: Tornado's initialize already runs libcurl's timer callback once.
         self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._soon = False  # a socket_action(TIMEOUT) is queued with call_soon
+        self._delivery: list[_Handle] = []  # streams with chunks waiting for the end of the loop turn
         self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits it is watched for
         # On Linux libcurl's sockets go in an epoll set of their own, which is one descriptor in the loop:
         # watching a socket for one call is then an epoll_ctl each way, without the loop's handle and key objects.
@@ -338,8 +376,20 @@ class LeanCurlClient(CurlAsyncHTTPClient):
 
     def _curl_create(self) -> pycurl.Curl:
         curl = super()._curl_create()
-        curl.lean = _Handle()
+        curl.lean = _Handle(self, curl)
         return curl
+
+    def _deliver_later(self, handle: _Handle) -> None:
+        """Queue a stream's chunks for the end of this loop turn: one callback delivers every stream's."""
+        self._delivery.append(handle)
+        if len(self._delivery) == 1:
+            self._loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        handles, self._delivery = self._delivery, []
+        for handle in handles:
+            if handle.queued:
+                handle.deliver()
 
     # -- the queue ------------------------------------------------------------------------
 
@@ -396,8 +446,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             handle.dirty = True
         handle.call, handle.callback = call, callback
         handle.headers, handle.chunks, handle.size = {}, [], 0
-        if call.streaming_callback is not None:
-            handle.streaming = curl_httpclient._CurlStreamingBuffer(self, curl, call.streaming_callback)
+        handle.stream = call.streaming_callback
         try:
             call.transfer.prepare(curl)
         except Exception as error:
@@ -441,11 +490,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         self._multi.remove_handle(curl)
         call, callback = handle.call, handle.callback
         assert call is not None and callback is not None
-        if handle.streaming is not None:
-            try:
-                handle.streaming.finish()  # the last chunks reach the streaming callback before the reply
-            except Exception:
-                self.handle_callback_exception(call.streaming_callback)
+        if handle.queued:
+            handle.deliver()  # the last chunks reach the streaming callback before the reply
         if curl_error:
             reply = Reply(599, b"", handle.headers, CurlError(curl_error, curl_message or ""))
         else:
@@ -467,8 +513,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             handle.ready = handle.dirty = False
         elif call is not None and len(call.body) > KEEP_BODY:
             curl.setopt(pycurl.POSTFIELDS, b"")
-        handle.call = handle.callback = handle.streaming = None
-        handle.chunks = []
+        handle.call = handle.callback = handle.stream = None
+        handle.chunks, handle.size, handle.queued, handle.full = [], 0, False, False
         self._free_list.append(curl)
 
     # -- libcurl's timer and sockets ------------------------------------------------------
