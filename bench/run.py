@@ -781,7 +781,8 @@ class Bench:
         """JSON requests/s with WORKERS=0 (one process per core, unpinned)."""
         node = await start_node(self.procs, upstream, JSON_CONNECTIONS + 50, workers=0)
         self.m.json["workers"] = await self.step(
-            "JSON, node with WORKERS=0", lambda: self.load.measure(node, self.plan.json_seconds, self.plan.json_warmup)
+            "JSON, node with WORKERS=0",
+            lambda: self.load.measure(node, self.plan.json_seconds, self.plan.json_warmup, [upstream]),
         )
         self.stop_node(node)
 
@@ -1087,6 +1088,13 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
             )
         if result and result.detail and result.errors:
             notes.append(f"JSON errors, {name}: {result.detail}")
+    workers = m.json.get("workers")
+    if workers and workers.busy:
+        notes.append(
+            f"CPU during the WORKERS=0 JSON run: CPU 0 {fmt(workers.busy.get(0), ' %', 0)} busy, CPU 1 "
+            f"{fmt(workers.busy.get(1), ' %', 0)}, the upstream process {workers.process_cpu.get('upstream', 0):.0f} % of a "
+            "core: the workers share the two cores with wrk and the upstream, and have what those leave."
+        )
     for name, stats in (
         ("node", m.streams.get("node")),
         ("direct", m.streams.get("direct")),
