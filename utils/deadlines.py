@@ -19,12 +19,15 @@ class Deadlines:
     def __init__(self) -> None:
         self._due: dict[Hashable, tuple[float, Callable[[], None]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first add (looked up once)
 
     def __len__(self) -> int:
         return len(self._due)
 
     def add(self, key: Hashable, seconds: float, callback: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         when = loop.time() + seconds
         self._due[key] = (when, callback)
         timer = self._timer
@@ -40,7 +43,8 @@ class Deadlines:
     def _expire(self) -> None:
         """Run the callbacks that are due; arm the timer for the earliest deadline left."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         now = loop.time()
         due = [key for key, (when, _) in self._due.items() if when <= now]
         for key in due:
