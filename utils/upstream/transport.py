@@ -6,7 +6,7 @@ one call), :class:`Reply` (what a call came back with) and
 :func:`failure_of` (what a libcurl error means). The private names of
 ``tornado.curl_httpclient`` used here (``fetch_impl``, ``_process_queue``,
 ``_finish``, ``_finish_pending_requests``, ``_set_timeout``,
-``_handle_timeout``, ``_handle_socket``, ``_curl_create``,
+``_handle_timeout``, ``_handle_socket``, ``_curl_create``, ``handle_callback_exception``,
 ``_curl_setup_request``, ``_requests``, ``_free_list``, ``_curls``,
 ``_multi``, ``_timeout``, ``curl.info``) are
 checked by ``tests/test_tornado_contract.py``, which says what changed when a
@@ -33,7 +33,11 @@ connections:
 * libcurl's sockets are watched in an epoll set of their own, which is a
   single descriptor in the asyncio loop (an ``epoll_ctl`` each way per call,
   instead of the loop's handle and selector-key objects); without epoll,
-  with the loop's ``add_reader`` / ``add_writer`` directly.
+  with the loop's ``add_reader`` / ``add_writer`` directly;
+* a stream's chunks are handed to its streaming callback at the end of the
+  loop turn, every stream's in one ``call_soon`` (libcurl is paused while
+  more than STREAM_BUFFER bytes wait), where Tornado makes an
+  ``add_callback`` per stream.
 
 Any other request (the router client's) goes Tornado's ordinary way.
 """
