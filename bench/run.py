@@ -249,6 +249,18 @@ async def start_bare(procs: Processes) -> Service:
     return bare
 
 
+async def start_floor(procs: Processes, upstream: Service, client: str) -> Service:
+    """The design's floor: a bare Tornado handler proxying through ``client``'s curl client (``bench/floor.py``), on CPU 0."""
+    argv = procs.taskset(0) + [
+        sys.executable, str(BENCH / "floor.py"), "--host", HOST, "--port", "0",
+        "--upstream", f"http://{HOST}:{upstream.port}/v1", "--client", client,
+    ]
+    proc, path = procs.start(f"floor-{client}", argv)
+    floor = Service(f"floor-{client}", proc, 0, path)
+    await wait_listening(floor, 15)
+    return floor
+
+
 async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
     """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
 
@@ -709,6 +721,7 @@ class Bench:
         log(f"upstream on port {upstream.port} (pid {upstream.pid})")
         # Throughput figures first: the held streams of the later phases leave the upstream busy for a while.
         await self.bare_reference()
+        await self.floors(upstream)
         await self.all_workers(upstream)
         await self.direct(upstream)
         await self.through_node(upstream)
@@ -776,6 +789,16 @@ class Bench:
             "JSON bursts, bare Tornado handler", lambda: json_bursts(bare.port, self.plan.stream_rounds)
         )
         self.procs.stop(bare.proc)
+
+    async def floors(self, upstream: Service) -> None:
+        """CPU per request of a bare Tornado handler that only proxies: via Tornado's curl client, then the node's transport."""
+        for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
+            floor = await start_floor(self.procs, upstream, client)
+            self.m.json[f"floor-{client}"] = await self.step(
+                f"JSON, bare Tornado proxy through {name}",
+                lambda f=floor: self.load.measure(f, self.plan.json_seconds, self.plan.json_warmup, [upstream]),
+            )
+            self.procs.stop(floor.proc)
 
     async def all_workers(self, upstream: Service) -> None:
         """JSON requests/s with WORKERS=0 (one process per core, unpinned)."""
@@ -903,6 +926,16 @@ def json_rows(m: Measurements) -> list[Row]:
             ok=None if times is None else times <= 1.5,
         )
     )
+    for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
+        floor = attr(m.json.get(f"floor-{client}"), "cpu_us")
+        rows.append(
+            row(
+                f"CPU per JSON request: a bare Tornado handler proxying through {name} / the bare handler",
+                fmt(floor, " µs", 0),
+                f"bare: {fmt(bare, ' µs', 0)}",
+                f"{floor / bare:.2f}×" if floor is not None and bare else "",
+            )
+        )
     rps_w = attr(m.json.get("workers"), "rps")
     scale = rps_w / rps_n if rps_w is not None and rps_n else None
     rows.append(
