@@ -25,6 +25,7 @@ from config import ConfigError, Settings, load_settings
 from handlers import eval as evaluation
 from handlers import health, meta, proxy, verify
 from handlers.base import NotFoundHandler
+from utils import metrics
 from utils.context import NodeContext
 from utils.logs import log_request, setup_logging
 from utils.redact import PROCESS_REDACTOR
@@ -121,6 +122,7 @@ class Node:
         except TimeoutError:
             log.warning("drain: connections did not close in time")
         await ctx.aclose()
+        metrics.flush()
         log.info("stopped")
 
 

@@ -21,8 +21,8 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
 from models.jsonbody import json_bytes
+from utils import metrics
 from utils.context import NodeContext
-from utils.metrics import IN_FLIGHT
 from utils.upstream import Cancel, Cancelled, shutdown_error
 
 log = logging.getLogger("mira.handlers")
@@ -266,7 +266,7 @@ class ApiHandler(BaseHandler):
         if self._counted:
             self._counted = False
             self.ctx.release(self.cancel)
-            IN_FLIGHT.dec()
+            metrics.in_flight(-1)
 
     def prepare(self) -> None:
         self._started = time.monotonic()
@@ -301,7 +301,7 @@ class ApiHandler(BaseHandler):
                            headers={"Retry-After": "1"})
         ctx.admit(self.cancel)
         self._counted = True
-        IN_FLIGHT.inc()
+        metrics.in_flight(1)
 
 
 class NotFoundHandler(BaseHandler):

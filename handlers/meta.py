@@ -12,6 +12,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from handlers.base import BaseHandler
+from utils import metrics
 
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.json"
 
@@ -27,6 +28,7 @@ def metrics_exposition() -> bytes:
     With PROMETHEUS_MULTIPROC_DIR set, every worker writes its samples there
     and the answer aggregates them into a fresh registry.
     """
+    metrics.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -7,7 +7,10 @@ outcomes come from a fixed set.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -38,6 +41,97 @@ FALLBACKS = Counter("mira_fallbacks", "Switches from a failing provider to the n
 TOKENS = Counter("mira_tokens", "Tokens upstream answers reported, by provider, model and kind", ["provider", "model", "kind"])
 
 
+class _Batch:
+    """Counter, gauge and histogram updates made in one loop turn, applied together at its end.
+
+    A prometheus_client update takes a lock (and in multi-process mode writes
+    its file); requests answered in the same turn mostly update the same
+    samples, so each sample is updated once a turn: a counter or gauge with
+    the sum of its changes, a histogram bucket with its count of observations.
+    Updates made outside a running loop apply at once; :func:`flush` applies
+    what waits (``/metrics`` calls it first, so a scrape sees every update
+    made before it).
+    """
+
+    def __init__(self) -> None:
+        self.incs: dict[Callable[[float], None], float] = {}
+        self.observed: dict[Any, list[float]] = {}
+        self.armed = False
+
+    def add(self, inc: Callable[[float], None], amount: float) -> None:
+        incs = self.incs
+        incs[inc] = incs.get(inc, 0) + amount
+        if not self.armed:
+            self._arm()
+
+    def observe(self, histogram: Any, value: float) -> None:
+        values = self.observed.get(histogram)
+        if values is None:
+            self.observed[histogram] = [value]
+        else:
+            values.append(value)
+        if not self.armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no loop running: apply now
+            self.flush()
+            return
+        self.armed = True
+
+    def flush(self) -> None:
+        self.armed = False
+        incs, self.incs = self.incs, {}
+        for inc, amount in incs.items():
+            if amount:
+                inc(amount)
+        observed, self.observed = self.observed, {}
+        for histogram, values in observed.items():
+            _observe_all(histogram, values)
+
+
+def _observe_all(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe`` each of ``values``, with one update of each bucket and of the sum.
+
+    prometheus_client has no public call for this: it uses the histogram's
+    ``_upper_bounds``, ``_buckets`` and ``_sum`` (what ``Histogram.observe``
+    updates), checked by ``tests/test_metrics_batch.py``; without them it
+    observes one value at a time.
+    """
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        at = bisect_left(bounds, value)  # the first bucket with value <= its bound, as observe() picks
+        counts[at] = counts.get(at, 0) + 1
+    total.inc(sum(values))
+    for at, count in counts.items():
+        buckets[at].inc(count)
+
+
+_batch = _Batch()
+_add = _batch.add
+_observe = _batch.observe
+
+
+def flush() -> None:
+    """Apply the updates still waiting for the end of this loop turn."""
+    _batch.flush()
+
+
+def in_flight(change: int) -> None:
+    """One more request in flight (+1), or one fewer (-1)."""
+    _add(_in_flight_inc, change)
+
+
+_in_flight_inc = IN_FLIGHT.inc
+
 # Labelled children, looked up once: ``labels()`` costs a lock and a tuple per call.
 _children: dict[tuple[Any, ...], Any] = {}
 
@@ -50,7 +144,7 @@ def _child(metric: Any, *labels: str) -> Any:
     return child
 
 
-# What one request updates, per label set: the children's bound methods, looked up once.
+# What one request updates, per label set: a counter's bound inc and a histogram child, looked up once.
 _request_cells: dict[tuple[str, int], tuple[Any, Any]] = {}
 _upstream_cells: dict[tuple[str, str], tuple[Any, Any]] = {}
 _token_cells: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -61,10 +155,10 @@ def request_done(route: str, status: int, seconds: float) -> None:
     cells = _request_cells.get((route, status))
     if cells is None:
         cells = _request_cells[(route, status)] = (
-            REQUESTS.labels(route, str(status)).inc, REQUEST_DURATION.labels(route).observe
+            REQUESTS.labels(route, str(status)).inc, REQUEST_DURATION.labels(route)
         )
-    cells[0]()
-    cells[1](seconds)
+    _add(cells[0], 1)
+    _observe(cells[1], seconds)
 
 
 def upstream_call(provider: str, outcome: str, seconds: float) -> None:
@@ -72,10 +166,10 @@ def upstream_call(provider: str, outcome: str, seconds: float) -> None:
     cells = _upstream_cells.get((provider, outcome))
     if cells is None:
         cells = _upstream_cells[(provider, outcome)] = (
-            UPSTREAM_CALLS.labels(provider, outcome).inc, UPSTREAM_DURATION.labels(provider).observe
+            UPSTREAM_CALLS.labels(provider, outcome).inc, UPSTREAM_DURATION.labels(provider)
         )
-    cells[0]()
-    cells[1](seconds)
+    _add(cells[0], 1)
+    _observe(cells[1], seconds)
 
 
 def upstream_retry(provider: str) -> None:
@@ -83,11 +177,11 @@ def upstream_retry(provider: str) -> None:
 
 
 def stream_event(event: str) -> None:
-    _child(STREAMS, event).inc()
+    _add(_child(STREAMS, event).inc, 1)
 
 
 def upstream_ttfb(provider: str, seconds: float) -> None:
-    _child(UPSTREAM_TTFB, provider).observe(seconds)
+    _observe(_child(UPSTREAM_TTFB, provider), seconds)
 
 
 def provider_up(provider: str, up: bool) -> None:
@@ -106,6 +200,6 @@ def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
             TOKENS.labels(provider, model, "prompt").inc, TOKENS.labels(provider, model, "completion").inc
         )
     if prompt:
-        cells[0](prompt)
+        _add(cells[0], prompt)
     if completion:
-        cells[1](completion)
+        _add(cells[1], completion)
