@@ -122,9 +122,10 @@ async def test_a_queued_call_that_was_given_up_is_refused_when_its_turn_comes(
 async def test_a_fast_large_stream_arrives_whole_and_in_order(
     transport: Transport, upstream: MockUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # About 4 MB as fast as the mock can write it, with at most 32 KB allowed to wait for the loop: libcurl
-    # is paused and resumed on the way many times; nothing may be lost, repeated or reordered.
-    monkeypatch.setattr(transport_module, "STREAM_BUFFER", 32 * 1024)
+    # About 4 MB as fast as the mock can write it, with at most 1 KB allowed to wait for the loop: libcurl is
+    # paused and resumed on the way many times; nothing may be lost, repeated or reordered. (The bound is below
+    # one read, so the second read of a loop turn pauses however the mock's writes and the loop interleave.)
+    monkeypatch.setattr(transport_module, "STREAM_BUFFER", 1024)
     pauses = 0
     write = transport_module._Handle.write
 
