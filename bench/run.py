@@ -85,10 +85,13 @@ class Plan:
     abort_trials: int
     holds: tuple[int, ...]
     hold_window: float
+    cpu_rounds: int  # alternated JSON rounds (node, WORKERS=0 node, bare handler, floors)
+    cpu_seconds: int  # wrk seconds per server per round
 
 
 QUICK = Plan(
-    "quick", json_seconds=3, json_warmup=1, stream_rounds=2, alone_trials=10, abort_trials=10, holds=(1000,), hold_window=2.0
+    "quick", json_seconds=3, json_warmup=1, stream_rounds=2, alone_trials=10, abort_trials=10, holds=(1000,), hold_window=2.0,
+    cpu_rounds=2, cpu_seconds=2,
 )
 FULL = Plan(
     "full",
@@ -99,6 +102,8 @@ FULL = Plan(
     abort_trials=20,
     holds=(1000, 10000),
     hold_window=3.0,
+    cpu_rounds=4,
+    cpu_seconds=3,
 )
 
 
@@ -295,9 +300,19 @@ async def run_command(procs: Processes, name: str, argv: list[str], timeout: flo
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
+    """User + system CPU time so far of a process (all its threads) and of its living child processes (workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children[:64]:
+        try:
+            total += cpu_seconds(int(child))
+        except OSError:  # gone meanwhile
+            pass
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -685,6 +700,7 @@ class Measurements:
     relay_cpu_us: dict[str, float | None] = field(default_factory=dict)  # CPU per relayed stream event
     paced: dict[str, StreamStats | None] = field(default_factory=dict)  # one stream at 1,000 events/s
     bursts: dict[str, list[float] | None] = field(default_factory=dict)  # 50 JSON requests at once: ms to first byte
+    rounds: dict[str, list[JsonResult]] = field(default_factory=dict)  # the alternated JSON rounds, per server
     rss_idle: list[tuple[str, float, bool]] = field(default_factory=list)  # (label, MB, judged against the target)
     holds: dict[tuple[str, int], HoldResult | None] = field(default_factory=dict)  # (target, streams asked for)
     fd_limit: int = 0
@@ -720,9 +736,7 @@ class Bench:
         upstream = await start_upstream(self.procs)
         log(f"upstream on port {upstream.port} (pid {upstream.pid})")
         # Throughput figures first: the held streams of the later phases leave the upstream busy for a while.
-        await self.bare_reference()
-        await self.floors(upstream)
-        await self.all_workers(upstream)
+        await self.cpu_comparison(upstream)
         await self.direct(upstream)
         await self.through_node(upstream)
         for count in self.plan.holds[1:]:
@@ -779,35 +793,41 @@ class Bench:
             m.rss_idle.append((f"limits {limit:,}, after the run", rss_mb(node.pid), False))
         self.stop_node(node)
 
-    async def bare_reference(self) -> None:
-        """CPU per request of a bare Tornado handler, same pinning, same wrk: the floor the node is compared to."""
-        bare = await start_bare(self.procs)
-        self.m.json["bare"] = await self.step(
-            "JSON, bare Tornado handler", lambda: self.load.measure(bare, self.plan.json_seconds, self.plan.json_warmup)
-        )
+    async def cpu_comparison(self, upstream: Service) -> None:
+        """JSON runs of the node, a WORKERS=0 node, the bare handler and the two floors, in alternated rounds.
+
+        All but the WORKERS=0 node run side by side on CPU 0 (it may use both cores), idle but for the one wrk
+        loads, in turn, ``cpu_rounds`` times: a machine whose load changes during the run then moves every
+        figure of a round alike, and the medians compare. The bare handler's JSON burst is measured here too.
+        """
+        plan, procs = self.plan, self.procs
+        servers = {
+            "node": await start_node(procs, upstream, JSON_CONNECTIONS + 50),
+            "workers": await start_node(procs, upstream, JSON_CONNECTIONS + 50, workers=0),
+            "bare": await start_bare(procs),
+        }
+        for client in ("tornado", "node"):
+            servers[f"floor-{client}"] = await start_floor(procs, upstream, client)
+        rounds: dict[str, list[JsonResult]] = {name: [] for name in servers}
+        for number in range(1, plan.cpu_rounds + 1):
+            for name, server in servers.items():
+                result = await self.step(
+                    f"JSON round {number}: {name}",
+                    lambda s=server: self.load.measure(s, plan.cpu_seconds, 1, [upstream]),
+                )
+                if result is not None:
+                    rounds[name].append(result)
+        self.m.rounds = rounds
+        if rounds["workers"]:
+            self.m.json["workers"] = rounds["workers"][-1]  # for the note on how busy the cores were
         self.m.bursts["bare"] = await self.step(
-            "JSON bursts, bare Tornado handler", lambda: json_bursts(bare.port, self.plan.stream_rounds)
+            "JSON bursts, bare Tornado handler", lambda: json_bursts(servers["bare"].port, plan.stream_rounds)
         )
-        self.procs.stop(bare.proc)
-
-    async def floors(self, upstream: Service) -> None:
-        """CPU per request of a bare Tornado handler that only proxies: via Tornado's curl client, then the node's transport."""
-        for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
-            floor = await start_floor(self.procs, upstream, client)
-            self.m.json[f"floor-{client}"] = await self.step(
-                f"JSON, bare Tornado proxy through {name}",
-                lambda f=floor: self.load.measure(f, self.plan.json_seconds, self.plan.json_warmup, [upstream]),
-            )
-            self.procs.stop(floor.proc)
-
-    async def all_workers(self, upstream: Service) -> None:
-        """JSON requests/s with WORKERS=0 (one process per core, unpinned)."""
-        node = await start_node(self.procs, upstream, JSON_CONNECTIONS + 50, workers=0)
-        self.m.json["workers"] = await self.step(
-            "JSON, node with WORKERS=0",
-            lambda: self.load.measure(node, self.plan.json_seconds, self.plan.json_warmup, [upstream]),
-        )
-        self.stop_node(node)
+        for name, server in servers.items():
+            if name in ("node", "workers"):
+                self.stop_node(server)
+            else:
+                procs.stop(server.proc)
 
     async def big_hold(self, upstream: Service, count: int) -> None:
         """A fresh node with limits for ``count`` streams, holding as many as its descriptors allow."""
@@ -914,20 +934,22 @@ def json_rows(m: Measurements) -> list[Row]:
             ok=None if cpu is None else cpu <= 150,
         )
     )
-    bare = attr(m.json.get("bare"), "cpu_us")
-    times = cpu / bare if cpu is not None and bare else None
+    medians = {name: percentile([r.cpu_us for r in results if r.cpu_us is not None], 50) for name, results in m.rounds.items()}
+    bare = medians.get("bare")
+    rounds = f"medians of {m.plan.cpu_rounds} alternated rounds of {m.plan.cpu_seconds} s"
+    node = medians.get("node")
     rows.append(
         row(
-            "CPU per JSON request: node / a bare Tornado handler (fixed POST)",
-            fmt(cpu, " µs", 0),
+            f"CPU per JSON request: node / a bare Tornado handler (fixed POST), {rounds}",
+            fmt(node, " µs", 0),
             f"bare: {fmt(bare, ' µs', 0)}",
-            f"{times:.2f}×" if times is not None else "",
+            f"{node / bare:.2f}×" if node is not None and bare else "",
             target="≤ 1.5×",
-            ok=None if times is None else times <= 1.5,
+            ok=None if node is None or not bare else node / bare <= 1.5,
         )
     )
     for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
-        floor = attr(m.json.get(f"floor-{client}"), "cpu_us")
+        floor = medians.get(f"floor-{client}")
         rows.append(
             row(
                 f"CPU per JSON request: a bare Tornado handler proxying through {name} / the bare handler",
@@ -936,16 +958,26 @@ def json_rows(m: Measurements) -> list[Row]:
                 f"{floor / bare:.2f}×" if floor is not None and bare else "",
             )
         )
-    rps_w = attr(m.json.get("workers"), "rps")
-    scale = rps_w / rps_n if rps_w is not None and rps_n else None
+    rps = {name: percentile([r.rps for r in results], 50) for name, results in m.rounds.items()}
+    rps_w, rps_one = rps.get("workers"), rps.get("node")
+    scale = rps_w / rps_one if rps_w is not None and rps_one else None
     rows.append(
         row(
-            "JSON requests/s with WORKERS=0 (unpinned) / one worker",
+            f"JSON requests/s with WORKERS=0 (unpinned) / one worker, {rounds}",
             fmt(rps_w, digits=0),
-            "",
+            f"one: {fmt(rps_one, digits=0)}",
             f"{scale:.2f}×" if scale is not None else "",
             target="≥ 1.8×",
             ok=None if scale is None else scale >= 1.8,
+        )
+    )
+    cpu_w = medians.get("workers")
+    rows.append(
+        row(
+            f"CPU per JSON request with WORKERS=0 (all its processes) / one worker, {rounds}",
+            fmt(cpu_w, " µs", 0),
+            f"one: {fmt(node, ' µs', 0)}",
+            f"{cpu_w / node:.2f}×" if cpu_w is not None and node else "",
         )
     )
     return rows
@@ -1127,6 +1159,20 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
             f"CPU during the WORKERS=0 JSON run: CPU 0 {fmt(workers.busy.get(0), ' %', 0)} busy, CPU 1 "
             f"{fmt(workers.busy.get(1), ' %', 0)}, the upstream process {workers.process_cpu.get('upstream', 0):.0f} % of a "
             "core: the workers share the two cores with wrk and the upstream, and have what those leave."
+        )
+    if any(m.rounds.values()):
+        labels = {"node": "node", "workers": "WORKERS=0 node", "bare": "bare handler",
+                  "floor-tornado": "proxy via Tornado's client", "floor-node": "proxy via the node's transport"}
+        cpu = "; ".join(
+            f"{labels.get(name, name)} {', '.join(fmt(r.cpu_us, digits=0) for r in results)}"
+            for name, results in m.rounds.items()
+            if name != "workers"
+        )
+        rps = "; ".join(f"{labels.get(n, n)} {', '.join(fmt(r.rps, digits=0) for r in m.rounds[n])}" for n in ("workers", "node"))
+        cpu += f"; WORKERS=0 node (its workers' CPU) {', '.join(fmt(r.cpu_us, digits=0) for r in m.rounds['workers'])}"
+        notes.append(
+            f"JSON rounds ({m.plan.cpu_rounds} rounds of wrk {m.plan.cpu_seconds} s on each server in turn; all on CPU 0 "
+            f"but the WORKERS=0 node): CPU per request (µs) {cpu}. Requests/s: {rps}."
         )
     for name, stats in (
         ("node", m.streams.get("node")),
