@@ -120,6 +120,14 @@ _add = _batch.add
 _observe = _batch.observe
 
 
+def _after_fork() -> None:
+    # What the parent has not applied yet is the parent's; the child's loop has no flush queued.
+    _batch.incs, _batch.observed, _batch.armed = {}, {}, False
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def flush() -> None:
     """Apply the updates still waiting for the end of this loop turn."""
     _batch.flush()
