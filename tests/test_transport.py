@@ -9,6 +9,7 @@ call back to back on a pool of one handle, against the mock upstream.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import pycurl
@@ -150,3 +151,53 @@ async def test_a_fast_large_stream_arrives_whole_and_in_order(
     assert len(deltas) == 201  # 200 content deltas and the final chunk
     assert all(len(d["choices"][0]["delta"].get("content", "")) >= 20_000 for d in deltas[:200])
     assert pauses > 0, "the test meant libcurl to be paused by a full buffer"
+
+
+@pytest.mark.gen_test
+async def test_an_idle_socket_the_upstream_closes_leaves_the_epoll_set_and_the_next_call_reconnects() -> None:
+    # libcurl lets go of a connection's socket after each call; the transport leaves it in its epoll set. When the
+    # upstream then closes the idle connection, the socket turns readable for good (level-triggered): it must leave
+    # the set instead of waking the loop on every turn, and the next call must get a new connection.
+    connections: list[asyncio.StreamWriter] = []
+    answer = b'{"object":"chat.completion"}'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+            writer.write(head + answer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    transport = Transport(max_connections=1, use_epoll=True)
+    http = transport.http
+    try:
+        reply = await run(transport, UpstreamCall(url, chat(), LINES, 2, 5, Transfer()))
+        assert reply.code == 200 and reply.body == answer
+        idle = {fd for fd in http._in_epoll - set(http._watched) if fd_kind(fd).startswith("socket:")}
+        assert idle, "the finished call's socket was meant to stay in the epoll set"
+        connections[0].close()  # the upstream ends the keep-alive connection
+        for _ in range(1000):  # loop turns, bounded: the set reports the hang-up and the socket leaves it
+            if not idle & http._in_epoll:
+                break
+            await asyncio.sleep(0)
+        assert not idle & http._in_epoll, "a hung-up idle socket is still in the epoll set"
+        reply = await run(transport, UpstreamCall(url, chat(), LINES, 2, 5, Transfer()))
+        assert reply.code == 200 and reply.body == answer
+        assert len(connections) == 2
+    finally:
+        transport.close()
+        server.close()
+        for writer in connections:
+            writer.close()
+
+
+def fd_kind(fd: int) -> str:
+    """What a descriptor is (``socket:[...]``, ``anon_inode:[eventfd]``), from /proc."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""

@@ -31,9 +31,11 @@ connections:
 * libcurl's timer requests are kept to one asyncio timer, re-armed only
   when its deadline really moves, and "at once" is a ``call_soon``;
 * libcurl's sockets are watched in an epoll set of their own, which is a
-  single descriptor in the asyncio loop (an ``epoll_ctl`` each way per call,
-  instead of the loop's handle and selector-key objects); without epoll,
-  with the loop's ``add_reader`` / ``add_writer`` directly;
+  single descriptor in the asyncio loop, without the loop's handle and
+  selector-key objects; a socket libcurl lets go of at the end of a call
+  stays in the set, idle, so a call on a kept-alive connection costs one
+  ``epoll_ctl`` (a modify) per socket instead of one each way; without
+  epoll, with the loop's ``add_reader`` / ``add_writer`` directly;
 * a stream's chunks are handed to its streaming callback at the end of the
   loop turn, every stream's in one ``call_soon`` (libcurl is paused while
   more than STREAM_BUFFER bytes wait), where Tornado makes an
@@ -359,7 +361,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._soon = False  # a socket_action(TIMEOUT) is queued with call_soon
         self._delivery: list[_Handle] = []  # streams with chunks waiting for the end of the loop turn
-        self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits it is watched for
+        self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits libcurl wants it watched for
+        self._in_epoll: set[int] = set()  # fds in the epoll set: those watched, and idle ones left there
         # On Linux libcurl's sockets go in an epoll set of their own, which is one descriptor in the loop:
         # watching a socket for one call is then an epoll_ctl each way, without the loop's handle and key objects.
         self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") and use_epoll else None
@@ -372,6 +375,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
     def close(self) -> None:
         for fd in list(self._watched):
             self._unwatch(fd)
+        for fd in list(self._in_epoll):
+            self._leave_epoll(fd)
         super().close()
         if self._epoll is not None:
             self._loop.remove_reader(self._epoll.fileno())
@@ -569,10 +574,36 @@ class LeanCurlClient(CurlAsyncHTTPClient):
     def _handle_socket(self, event: int, fd: int, multi: pycurl.CurlMulti, data: Any) -> None:
         """libcurl's socket callback: watch ``fd`` for what it asks, or no longer.
 
-        A changed request is a remove and an add, as in Tornado: libcurl may
-        close a socket and open another under the same number without telling,
-        and the kernel has then dropped the old one from epoll.
+        With epoll, a socket libcurl no longer wants stays in the set, idle:
+        libcurl lets go of its connection's socket and of its own eventfd at
+        the end of every call and asks for both again at the next one, and an
+        ``epoll_ctl`` each way, twice a call, was most of what watching cost.
+        Asked for again, a socket is modified in place; libcurl may close a
+        socket and open another under the same number without telling, the
+        kernel has then dropped the old one from the set, and the new one is
+        added. An idle socket that becomes ready (a keep-alive connection the
+        upstream closed) leaves the set then (:meth:`_epoll_ready`); libcurl
+        finds out when it next tries the connection, as it would have anyway.
+
+        Without epoll, a changed request is a remove and an add, as in Tornado.
         """
+        epoll = self._epoll
+        if epoll is not None:
+            events = _SOCKET_EVENTS[event] if event != pycurl.POLL_REMOVE else 0
+            if not events:
+                self._watched.pop(fd, None)  # idle: stays in the set
+                return
+            self._watched[fd] = events
+            mask = _EPOLL_MASKS[events]
+            if fd in self._in_epoll:
+                try:
+                    epoll.modify(fd, mask)
+                    return
+                except FileNotFoundError:  # closed since: a new socket under the old number
+                    pass
+            epoll.register(fd, mask)
+            self._in_epoll.add(fd)
+            return
         if fd in self._watched:
             self._unwatch(fd)
         if event == pycurl.POLL_REMOVE:
@@ -581,28 +612,30 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if not events:
             return
         self._watched[fd] = events
-        epoll = self._epoll
-        if epoll is not None:
-            epoll.register(fd, _EPOLL_MASKS[events])
-            return
         if events & _READ:
             self._loop.add_reader(fd, self._socket_ready, fd, pycurl.CSELECT_IN)
         if events & _WRITE:
             self._loop.add_writer(fd, self._socket_ready, fd, pycurl.CSELECT_OUT)
 
     def _unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` for libcurl (with epoll, it leaves the set too)."""
         events = self._watched.pop(fd)
-        epoll = self._epoll
-        if epoll is not None:
-            try:
-                epoll.unregister(fd)
-            except OSError:
-                pass  # closed meanwhile: the kernel has dropped it
+        if self._epoll is not None:
+            self._leave_epoll(fd)
             return
         if events & _READ:
             self._loop.remove_reader(fd)
         if events & _WRITE:
             self._loop.remove_writer(fd)
+
+    def _leave_epoll(self, fd: int) -> None:
+        self._in_epoll.discard(fd)
+        epoll = self._epoll
+        if epoll is not None:
+            try:
+                epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # closed meanwhile: the kernel has dropped it
 
     def _socket_ready(self, fd: int, action: int) -> None:
         multi = self._multi
@@ -619,7 +652,11 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         multi, epoll = self._multi, self._epoll
         if multi is None or epoll is None:
             return
+        watched = self._watched
         for fd, mask in epoll.poll(0):
+            if fd not in watched:  # idle, and ready all the same: leave the set (level-triggered, it would fire again)
+                self._leave_epoll(fd)
+                continue
             action = 0
             if mask & _EPOLL_IN:
                 action |= pycurl.CSELECT_IN
