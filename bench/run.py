@@ -943,7 +943,7 @@ def json_rows(m: Measurements) -> list[Row]:
             f"CPU per JSON request: node / a bare Tornado handler (fixed POST), {rounds}",
             fmt(node, " µs", 0),
             f"bare: {fmt(bare, ' µs', 0)}",
-            f"{node / bare:.2f}×" if node is not None and bare else "",
+            ratio(node, bare),
             target="≤ 1.5×",
             ok=None if node is None or not bare else node / bare <= 1.5,
         )
@@ -955,7 +955,7 @@ def json_rows(m: Measurements) -> list[Row]:
                 f"CPU per JSON request: a bare Tornado handler proxying through {name} / the bare handler",
                 fmt(floor, " µs", 0),
                 f"bare: {fmt(bare, ' µs', 0)}",
-                f"{floor / bare:.2f}×" if floor is not None and bare else "",
+                ratio(floor, bare),
             )
         )
     rps = {name: percentile([r.rps for r in results], 50) for name, results in m.rounds.items()}
@@ -966,7 +966,7 @@ def json_rows(m: Measurements) -> list[Row]:
             f"JSON requests/s with WORKERS=0 (unpinned) / one worker, {rounds}",
             fmt(rps_w, digits=0),
             f"one: {fmt(rps_one, digits=0)}",
-            f"{scale:.2f}×" if scale is not None else "",
+            ratio(rps_w, rps_one),
             target="≥ 1.8×",
             ok=None if scale is None else scale >= 1.8,
         )
@@ -977,7 +977,7 @@ def json_rows(m: Measurements) -> list[Row]:
             f"CPU per JSON request with WORKERS=0 (all its processes) / one worker, {rounds}",
             fmt(cpu_w, " µs", 0),
             f"one: {fmt(node, ' µs', 0)}",
-            f"{cpu_w / node:.2f}×" if cpu_w is not None and node else "",
+            ratio(cpu_w, node),
         )
     )
     return rows
