@@ -364,7 +364,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits libcurl wants it watched for
         self._in_epoll: set[int] = set()  # fds in the epoll set: those watched, and idle ones left there
         # On Linux libcurl's sockets go in an epoll set of their own, which is one descriptor in the loop:
-        # watching a socket for one call is then an epoll_ctl each way, without the loop's handle and key objects.
+        # watching a socket is then an epoll_ctl, without the loop's handle and key objects (see _handle_socket).
         self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") and use_epoll else None
         if self._epoll is not None:
             self._loop.add_reader(self._epoll.fileno(), self._epoll_ready)
