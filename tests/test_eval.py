@@ -151,6 +151,13 @@ async def test_large_eval_is_bounded_and_streams_rows_as_they_complete(node_url,
     assert calls_when_first_row_arrived and calls_when_first_row_arrived[0] < 600
 
 
+def seen(upstream) -> str:
+    """What the mock upstream saw, for an assertion's message."""
+    calls = [(r.json.get("model") if isinstance(r.json, dict) else None, r.closed_at is not None) for r in upstream.requests]
+    return f"in flight {upstream.in_flight}; calls (model, closed early): {calls}"
+
+
+@pytest.mark.gen_test(timeout=15)  # each wait below has 4 s, so a failure says which one and what the upstream saw
 @pytest.mark.node_env(EVAL_CONCURRENCY="2")
 async def test_client_disconnect_stops_new_calls_and_aborts_running_ones(node_url, http_port, upstream):
     upstream.push(Behavior(content="yes"))
@@ -164,9 +171,11 @@ async def test_client_disconnect_stops_new_calls_and_aborts_running_ones(node_ur
     assert head.status == 200
     while b"r1,yes" not in head.body:
         assert await client.read_some(head)
-    assert await upstream.await_for(lambda u: len(u.requests) == 4 and u.in_flight == 2)
+    assert await upstream.await_for(lambda u: len(u.requests) == 4 and u.in_flight == 2, 4), seen(upstream)
     client.close()
-    assert await upstream.await_for(lambda u: u.in_flight == 0 and all(r.closed_at for r in u.requests[2:]))
+    assert await upstream.await_for(lambda u: u.in_flight == 0 and all(r.closed_at for r in u.requests[2:]), 4), (
+        "the running calls were not aborted: " + seen(upstream)
+    )
     # A later request through the same node and upstream: any call the eval still
     # started after the disconnect would have reached the upstream before it.
     later = await run_eval(node_url, [["q"], ["x"]], ["openai/sync"])
