@@ -203,13 +203,18 @@ class Service:
             return ""
 
 
-async def start_upstream(procs: Processes) -> Service:
-    """Start the benchmark upstream on CPU 1 and read its port from its first line."""
-    argv = procs.taskset(1) + [sys.executable, str(BENCH / "upstream.py"), "--host", HOST, "--port", "0"]
-    proc, path = procs.start("upstream", argv)
-    service = Service("upstream", proc, 0, path)
+async def start_script(procs: Processes, name: str, script: str, cpu: int, *args: str) -> Service:
+    """Start ``bench/<script>`` pinned to ``cpu`` and read its port from its ``listening on`` line."""
+    argv = procs.taskset(cpu) + [sys.executable, str(BENCH / script), "--host", HOST, "--port", "0", *args]
+    proc, path = procs.start(name, argv)
+    service = Service(name, proc, 0, path)
     await wait_listening(service, 15)
     return service
+
+
+async def start_upstream(procs: Processes) -> Service:
+    """The benchmark upstream, on CPU 1."""
+    return await start_script(procs, "upstream", "upstream.py", 1)
 
 
 def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]:
@@ -247,23 +252,13 @@ async def wait_listening(service: Service, timeout: float) -> None:
 
 async def start_bare(procs: Processes) -> Service:
     """The reference: a bare Tornado handler answering a fixed POST (``bench/bare.py``), on CPU 0 like the node."""
-    argv = procs.taskset(0) + [sys.executable, str(BENCH / "bare.py"), "--host", HOST, "--port", "0"]
-    proc, path = procs.start("bare", argv)
-    bare = Service("bare", proc, 0, path)
-    await wait_listening(bare, 15)
-    return bare
+    return await start_script(procs, "bare", "bare.py", 0)
 
 
 async def start_floor(procs: Processes, upstream: Service, client: str) -> Service:
     """The design's floor: a bare Tornado handler proxying through ``client``'s curl client (``bench/floor.py``), on CPU 0."""
-    argv = procs.taskset(0) + [
-        sys.executable, str(BENCH / "floor.py"), "--host", HOST, "--port", "0",
-        "--upstream", f"http://{HOST}:{upstream.port}/v1", "--client", client,
-    ]
-    proc, path = procs.start(f"floor-{client}", argv)
-    floor = Service(f"floor-{client}", proc, 0, path)
-    await wait_listening(floor, 15)
-    return floor
+    upstream_url = f"http://{HOST}:{upstream.port}/v1"
+    return await start_script(procs, f"floor-{client}", "floor.py", 0, "--upstream", upstream_url, "--client", client)
 
 
 async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
