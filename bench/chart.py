@@ -1,6 +1,6 @@
 """The PNG chart of a ``make bench`` run: its figures, node beside direct.
 
-``panels(m)`` picks from a run's ``Measurements`` (``bench/run.py``) the
+``panels(m)`` picks from a run's ``Measurements`` (``bench/phases.py``) the
 figures that compare well as bars; ``write_chart(panels, path, title)`` draws
 them as a grid of small bar charts, one panel per figure, each bar labelled
 with its value. A figure that was not measured (None) is left out, and so is
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from run import Measurements
+    from phases import Measurements
 
 NODE_COLOUR = "#3a6ea5"
 DIRECT_COLOUR = "#b0b0b0"
@@ -60,7 +60,7 @@ class Panel:
 
 
 def pick(values: Sequence[float] | None, q: int) -> float | None:
-    """Percentile ``q`` (1-99, interpolated like run.py's ``percentile``), 100 for the maximum; None for no values."""
+    """Percentile ``q`` (1-99, interpolated like readings.py's ``percentile``), 100 for the maximum; None for no values."""
     if not values:
         return None
     if q >= 100 or len(values) == 1:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from clients import get_json
-from run import HOST, Processes, start_node, start_upstream
+from plan import HOST
+from procs import Processes, start_node, start_upstream
 
 PREFIX = b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "x": ['
 SUFFIX = b"0]}"

@@ -48,22 +48,25 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
 
 
 def test_chart_of_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The figures are read from run.py's own Measurements, so a renamed field breaks here."""
+    """The figures are read from the benchmark's own Measurements (bench/phases.py), so a renamed field breaks here."""
     pytest.importorskip("matplotlib")
     monkeypatch.syspath_prepend(str(BENCH))
-    import run
+    import load
+    import phases
+    import plan
+    import readings
 
-    m = run.Measurements(run.QUICK, fd_limit=20_000)
-    m.json["node"] = run.JsonResult(3713.0, 16.8, 24.4, 11_000, 0, cpu_us=269.0)
+    m = phases.Measurements(plan.QUICK, fd_limit=20_000)
+    m.json["node"] = load.JsonResult(3713.0, 16.8, 24.4, 11_000, 0, cpu_us=269.0)
     m.json["direct"] = None  # a phase that failed
-    m.streams["node"] = run.StreamStats(ttfb_ms=[9.0, 10.0, 19.0], streams=3)
-    m.abort["node"] = run.AbortStats(delays_ms=[0.2, 0.3, 0.4], failures=Counter())
+    m.streams["node"] = load.StreamStats(ttfb_ms=[9.0, 10.0, 19.0], streams=3)
+    m.abort["node"] = load.AbortStats(delays_ms=[0.2, 0.3, 0.4], failures=Counter())
     m.rss_idle.append(("limits 1,050", 41.7, True))
-    m.holds[("node", 1000)] = run.HoldResult(1000, "node", rss_mb=86.9, cpu_percent=4.3)
+    m.holds[("node", 1000)] = load.HoldResult(1000, "node", rss_mb=86.9, cpu_percent=4.3)
     figures = {p.title: p for p in chart.panels(m)}
     assert figures["JSON requests/s"].groups[0] == chart.Group("64 connections", 3713.0, None)
-    assert figures["50 streams at once: TTFB"].groups[0].node == pytest.approx(run.percentile([9.0, 10.0, 19.0], 50))
-    assert figures["50 streams at once: TTFB"].groups[1].node == pytest.approx(run.percentile([9.0, 10.0, 19.0], 99))
+    assert figures["50 streams at once: TTFB"].groups[0].node == pytest.approx(readings.percentile([9.0, 10.0, 19.0], 50))
+    assert figures["50 streams at once: TTFB"].groups[1].node == pytest.approx(readings.percentile([9.0, 10.0, 19.0], 99))
     assert figures["Abort: client gone → upstream closed"].groups[1].node == 0.4
     assert not figures["One stream alone: TTFB"].shown()
     assert [g.node for g in figures["RSS of the node"].groups] == [41.7, 86.9]

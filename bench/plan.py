@@ -1,0 +1,65 @@
+"""What one benchmark run does: its sizes (``QUICK``, ``FULL``), the shape of its load, where things are, its progress log.
+
+Shared by every module of ``bench/run.py``; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+HOST = "127.0.0.1"
+JSON_CONNECTIONS = 64
+STREAMS_AT_ONCE = 50
+STREAM_CHUNKS = 20
+STREAM_INTERVAL_MS = 10
+HOLD_INTERVAL_MS = 1000  # a held ("slow") stream gets one event a second
+HOLD_MAX_EVENTS = 600  # and ends by itself after ten minutes at most
+OPENING_AT_ONCE = 200  # held streams being opened concurrently
+ABORT_SILENCE_MS = 60_000  # after its first event an abort probe's upstream stays silent
+FD_RESERVE = 100  # descriptors a node needs besides two sockets per stream (client + upstream)
+RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS = 20, 400, 2.0
+PACED_EVENTS, PACED_INTERVAL_MS = 1000, 1.0  # one stream at 1,000 events/s
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything one run does."""
+
+    name: str
+    json_seconds: int
+    json_warmup: int
+    stream_rounds: int
+    alone_trials: int
+    abort_trials: int
+    holds: tuple[int, ...]
+    hold_window: float
+    cpu_rounds: int  # alternated JSON rounds (node, WORKERS=0 node, bare handler, floors)
+    cpu_seconds: int  # wrk seconds per server per round
+
+
+QUICK = Plan(
+    "quick", json_seconds=3, json_warmup=1, stream_rounds=2, alone_trials=10, abort_trials=10, holds=(1000,), hold_window=2.0,
+    cpu_rounds=2, cpu_seconds=2,
+)
+FULL = Plan(
+    "full",
+    json_seconds=10,
+    json_warmup=2,
+    stream_rounds=5,
+    alone_trials=30,
+    abort_trials=20,
+    holds=(1000, 10000),
+    hold_window=3.0,
+    cpu_rounds=4,
+    cpu_seconds=3,
+)
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,218 @@
+"""Process control of a benchmark run: every server it starts (upstream, node, bare handler, floors) and wrk.
+
+Each child runs in a session of its own with its output in a log file, is
+pinned to a CPU when the run pins (``taskset``), gets SIGTERM if the
+benchmark dies, and is stopped by PID (then its process group) at the end.
+A server is ready once its ``listening on HOST:PORT`` line is in its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients import get_json
+from plan import BENCH, HOST, ROOT
+
+
+def node_variables() -> tuple[str, ...]:
+    """Variables the node reads (config.ENV_VARIABLES): a developer's own settings must not leak into the run."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from config import ENV_VARIABLES
+
+    return ENV_VARIABLES
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when this script dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Processes:
+    """Every child process of the run, stopped by PID at the end."""
+
+    def __init__(self, logdir: Path, pin: bool) -> None:
+        self.logdir = logdir
+        self.pin = pin
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def taskset(self, cpus: int | str) -> list[str]:
+        """Pin a child to ``cpus`` (a CPU or a list: ``"0,1"``); without it a child inherits this script's pinning."""
+        return ["taskset", "-c", str(cpus)] if self.pin else []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``argv`` with its output in a log file of its own."""
+        path = self.logdir / f"{name}-{len(self.running)}.log"
+        with open(path, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.running.append(proc)
+        return proc, path
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; then whatever is left of its process group.
+
+        Every child runs in a session of its own, so its group also holds the
+        worker processes a WORKERS=0 node forked: none is left behind.
+        """
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):
+            self.stop(proc)
+
+
+@dataclass
+class Service:
+    """A started server: its process, port and log."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; its output ends with:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+async def start_script(procs: Processes, name: str, script: str, cpu: int, *args: str) -> Service:
+    """Start ``bench/<script>`` pinned to ``cpu`` and read its port from its ``listening on`` line."""
+    argv = procs.taskset(cpu) + [sys.executable, str(BENCH / script), "--host", HOST, "--port", "0", *args]
+    proc, path = procs.start(name, argv)
+    service = Service(name, proc, 0, path)
+    await wait_listening(service, 15)
+    return service
+
+
+async def start_upstream(procs: Processes) -> Service:
+    """The benchmark upstream, on CPU 1."""
+    return await start_script(procs, "upstream", "upstream.py", 1)
+
+
+def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]:
+    """Every feature in place as in production: validation, usage accounting, metrics, an access line at INFO."""
+    env = {k: v for k, v in os.environ.items() if k not in node_variables()}
+    env.update(
+        ENV_FILE="/dev/null",
+        HOST=HOST,
+        PORT="0",
+        WORKERS=str(workers),
+        LOG_LEVEL="INFO",
+        MACHINE_IP=HOST,
+        OPENAI_BASE_URL=f"http://{HOST}:{upstream_port}/v1",
+        OPENAI_API_KEY="sk-bench-not-a-real-key",
+        MAX_CONCURRENT_REQUESTS=str(limit),
+        UPSTREAM_MAX_CONNECTIONS=str(limit),
+        SHUTDOWN_TIMEOUT="2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+async def wait_listening(service: Service, timeout: float) -> None:
+    """Read the port from the service's ``listening on HOST:PORT`` line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on [^ ]+:(\d+)", service.log_path.read_text(errors="replace"))
+        if match:
+            service.port = int(match.group(1))
+            return
+        service.check_alive()
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{service.name} did not start within {timeout:g} s:\n" + service.log_tail())
+
+
+async def start_bare(procs: Processes) -> Service:
+    """The reference: a bare Tornado handler answering a fixed POST (``bench/bare.py``), on CPU 0 like the node."""
+    return await start_script(procs, "bare", "bare.py", 0)
+
+
+async def start_floor(procs: Processes, upstream: Service, client: str) -> Service:
+    """The design's floor: a bare Tornado handler proxying through ``client``'s curl client (``bench/floor.py``), on CPU 0."""
+    upstream_url = f"http://{HOST}:{upstream.port}/v1"
+    return await start_script(procs, f"floor-{client}", "floor.py", 0, "--upstream", upstream_url, "--client", client)
+
+
+async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
+    """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
+
+    With ``workers`` other than 1 the node's processes may run on both cores (this script itself is pinned to
+    CPU 1, and a child started without taskset would inherit that).
+    """
+    argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, "server.py"]
+    proc, path = procs.start("node", argv, node_env(upstream.port, limit, workers))
+    node = Service("node", proc, 0, path)
+    await wait_listening(node, 30)
+    status, body = await get_json(HOST, node.port, "/health", timeout=10)
+    if status != 200:
+        raise RuntimeError(f"the node's /health answered {status} {body}")
+    return node
+
+
+async def run_command(procs: Processes, name: str, argv: list[str], timeout: float) -> str:
+    """Run a command to its end (bounded) and return its output."""
+    proc, path = procs.start(name, argv)
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not finish within {timeout:g} s")
+            await asyncio.sleep(0.05)
+        return path.read_text(errors="replace")
+    finally:
+        procs.stop(proc)
+
+
+def pin_self() -> bool:
+    """Move this script (the asyncio load generator) to CPU 1; False on a single CPU."""
+    cpus = os.sched_getaffinity(0)
+    if not {0, 1} <= cpus or not shutil.which("taskset"):
+        return False
+    os.sched_setaffinity(0, {1})
+    return True
