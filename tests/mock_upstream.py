@@ -73,6 +73,7 @@ class Behavior:
     hang_after_chunks: int | None = None
     tool_call: dict | None = None
     raw_response: bytes | None = None
+    raw_then_hang: bool = False  # after raw_response, keep the connection open (silent) until the client leaves
     error_body_bytes: int = 0
     usage_style: str = "openai"  # streamed usage, when asked: "openai" (a usage-only chunk), "groq" (x_groq.usage), "none"
     split_usage: bool = False  # send the usage-only chunk in two writes, a moment apart
@@ -398,9 +399,15 @@ class _ChatHandler(_BaseHandler):
             self.drop()
             return
         if b.raw_response is not None:
-            self._end(finished=True)
+            if not b.raw_then_hang:
+                self._end(finished=True)
             stream = self.request.connection.detach()
+            self._finished = True  # the socket is ours now: Tornado must not write a response of its own
             await stream.write(b.raw_response)
+            if b.raw_then_hang:
+                with contextlib.suppress(tornado.iostream.StreamClosedError):
+                    await stream.read_until_close()  # whatever the client sends, until it goes
+                self._end(finished=False)
             stream.close()
             return
         if b.hang:

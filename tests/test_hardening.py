@@ -244,6 +244,18 @@ async def test_an_odd_upstream_status_is_502_invalid_response(node_url, upstream
     assert len(upstream.requests) == 1  # not retried
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_switching_protocols_answer_then_silence_is_a_prompt_502(node_url, upstream, stream):
+    # libcurl takes an unasked-for 101 as the final answer and would wait for the connection to close.
+    upstream.push(Behavior(raw_response=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", raw_then_hang=True))
+    response = await post(node_url + CHAT, chat_body(stream=stream))
+    assert response.code == 502  # not 504 after UPSTREAM_TIMEOUT
+    assert error_of(response)["code"] == "upstream_invalid_response"
+    assert "101" in error_of(response)["message"]
+    assert len(upstream.requests) == 1  # not retried
+    assert upstream.wait_for(lambda u: u.requests[0].closed_at is not None)  # the connection was let go
+
+
 # -- 5. an endless error body on a stream -----------------------------------------------------------------
 
 

@@ -295,10 +295,14 @@ class _Handle:
         self.queued = False  # in the client's delivery queue
         self.full = False  # the stream's undelivered chunks reached STREAM_BUFFER: libcurl is paused
 
-    def header(self, raw: bytes) -> None:
+    def header(self, raw: bytes) -> int | None:
         first = raw[:1]
         if first == b"H" and raw[:5] == b"HTTP/":
             self.headers = {}  # a new response (after a 100 Continue, say)
+            if raw.split(None, 2)[1:2] == [b"101"]:
+                # Switching Protocols, never asked for: libcurl would take it as final and wait for the
+                # connection to close. End the transfer now; _finish reports the status (not passable).
+                return 0
         elif first in b"CcRr" and first:
             lower = raw[:13].lower()
             if lower.startswith(b"content-type:"):
@@ -501,7 +505,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         assert call is not None and callback is not None
         if handle.queued:
             handle.deliver()  # the last chunks reach the streaming callback before the reply
-        if curl_error:
+        if curl_error and not (curl_error == pycurl.E_WRITE_ERROR and curl.getinfo(pycurl.RESPONSE_CODE) == 101):
             reply = Reply(599, b"", handle.headers, CurlError(curl_error, curl_message or ""))
         else:
             chunks = handle.chunks
