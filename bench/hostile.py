@@ -105,7 +105,7 @@ async def measure(size: int) -> list[str]:
                     f" | {growth * 1024 * 1024 / len(body):.1f} | {worst * 1000:.0f} ms |"
                 )
                 print(rows[-1], flush=True)
-                procs.stop(node.proc)
+                procs.stop(node.child)
         finally:
             procs.stop_all()
     return rows

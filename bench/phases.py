@@ -173,7 +173,7 @@ class Bench:
             if name in ("node", "workers"):
                 self.stop_node(server)
             else:
-                procs.stop(server.proc)
+                procs.stop(server.child)
 
     async def big_hold(self, upstream: Service, count: int) -> None:
         """A fresh node with limits for ``count`` streams, holding as many as its descriptors allow."""
@@ -194,7 +194,7 @@ class Bench:
 
     def stop_node(self, node: Service) -> None:
         self.m.node_log += node_warnings(node)
-        self.procs.stop(node.proc)
+        self.procs.stop(node.child)
 
 
 def node_warnings(node: Service, limit: int = 8) -> list[str]:

@@ -9,11 +9,8 @@ A server is ready once its ``listening on HOST:PORT`` line is in its log.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,78 +20,51 @@ from pathlib import Path
 from clients import get_json
 from plan import BENCH, HOST, ROOT
 
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from tools.childproc import ChildProcess  # noqa: E402
+
 
 def node_variables() -> tuple[str, ...]:
     """Variables the node reads (config.ENV_VARIABLES): a developer's own settings must not leak into the run."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from config import ENV_VARIABLES
 
     return ENV_VARIABLES
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when this script dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Processes:
-    """Every child process of the run, stopped by PID at the end."""
+    """Every child process of the run (``tools/childproc.py``), stopped by PID at the end."""
 
     def __init__(self, logdir: Path, pin: bool) -> None:
         self.logdir = logdir
         self.pin = pin
-        self.running: list[subprocess.Popen[bytes]] = []
+        self.running: list[ChildProcess] = []
 
     def taskset(self, cpus: int | str) -> list[str]:
         """Pin a child to ``cpus`` (a CPU or a list: ``"0,1"``); without it a child inherits this script's pinning."""
         return ["taskset", "-c", str(cpus)] if self.pin else []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start ``argv`` with its output in a log file of its own."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ChildProcess:
+        """Start ``argv`` with its output written straight into a log file of its own; it gets SIGTERM if this script dies."""
         path = self.logdir / f"{name}-{len(self.running)}.log"
-        with open(path, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        self.running.append(proc)
-        return proc, path
+        child = ChildProcess(argv, name=name, env=env, log_path=path, direct=True, die_with_parent=True)
+        self.running.append(child)
+        return child
 
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    def stop(self, child: ChildProcess, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; then whatever is left of its process group.
 
         Every child runs in a session of its own, so its group also holds the
         worker processes a WORKERS=0 node forked: none is left behind.
         """
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if proc in self.running:
-            self.running.remove(proc)
+        child.stop(grace, sweep_group=True)
+        if child in self.running:
+            self.running.remove(child)
 
     def stop_all(self) -> None:
-        for proc in reversed(list(self.running)):
-            self.stop(proc)
+        for child in reversed(list(self.running)):
+            self.stop(child)
 
 
 @dataclass
@@ -102,30 +72,34 @@ class Service:
     """A started server: its process, port and log."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    child: ChildProcess
     port: int
-    log_path: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.child.proc
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.child.pid
+
+    @property
+    def log_path(self) -> Path:
+        assert self.child.log_path is not None
+        return self.child.log_path
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; its output ends with:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.child.tail(lines)
 
 
 async def start_script(procs: Processes, name: str, script: str, cpu: int, *args: str) -> Service:
     """Start ``bench/<script>`` pinned to ``cpu`` and read its port from its ``listening on`` line."""
     argv = procs.taskset(cpu) + [sys.executable, str(BENCH / script), "--host", HOST, "--port", "0", *args]
-    proc, path = procs.start(name, argv)
-    service = Service(name, proc, 0, path)
+    service = Service(name, procs.start(name, argv), 0)
     await wait_listening(service, 15)
     return service
 
@@ -157,14 +131,11 @@ def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]
 
 async def wait_listening(service: Service, timeout: float) -> None:
     """Read the port from the service's ``listening on HOST:PORT`` line."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on [^ ]+:(\d+)", service.log_path.read_text(errors="replace"))
-        if match:
-            service.port = int(match.group(1))
-            return
-        service.check_alive()
-        await asyncio.sleep(0.05)
+    match = await service.child.wait_for_line_async(r"listening on [^ ]+:(\d+)", timeout)
+    if match:
+        service.port = int(match.group(1))
+        return
+    service.check_alive()
     raise RuntimeError(f"{service.name} did not start within {timeout:g} s:\n" + service.log_tail())
 
 
@@ -186,8 +157,7 @@ async def start_node(procs: Processes, upstream: Service, limit: int, workers: i
     CPU 1, and a child started without taskset would inherit that).
     """
     argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, "server.py"]
-    proc, path = procs.start("node", argv, node_env(upstream.port, limit, workers))
-    node = Service("node", proc, 0, path)
+    node = Service("node", procs.start("node", argv, node_env(upstream.port, limit, workers)), 0)
     await wait_listening(node, 30)
     status, body = await get_json(HOST, node.port, "/health", timeout=10)
     if status != 200:
@@ -197,16 +167,17 @@ async def start_node(procs: Processes, upstream: Service, limit: int, workers: i
 
 async def run_command(procs: Processes, name: str, argv: list[str], timeout: float) -> str:
     """Run a command to its end (bounded) and return its output."""
-    proc, path = procs.start(name, argv)
+    child = procs.start(name, argv)
     try:
         deadline = time.monotonic() + timeout
-        while proc.poll() is None:
+        while child.proc.poll() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not finish within {timeout:g} s")
             await asyncio.sleep(0.05)
-        return path.read_text(errors="replace")
+        assert child.log_path is not None
+        return child.log_path.read_text(errors="replace")
     finally:
-        procs.stop(proc)
+        procs.stop(child)
 
 
 def pin_self() -> bool:

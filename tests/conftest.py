@@ -11,12 +11,7 @@ run in an executor without blocking anything.
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +20,7 @@ import pytest
 
 from config import ENV_VARIABLES, PROVIDER_DEFAULTS, load_settings
 from tests.mock_upstream import MockUpstream
+from tools.childproc import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,58 +113,15 @@ def ctx(app: Any) -> Any:
 # -- a node in its own process ------------------------------------------------------------
 
 
-class NodeProcess:
-    """``python server.py`` started with a given environment, its stderr captured."""
+class NodeProcess(ChildProcess):
+    """``python server.py`` started with a given environment, its stdout and stderr captured (tools/childproc.py)."""
 
     def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
         full = {k: v for k, v in os.environ.items() if k not in NODE_VARIABLES}
         full.update({"PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
         full.update(env)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), *(args or [])],
-            cwd=str(ROOT),
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__([sys.executable, str(ROOT / "server.py"), *(args or [])], name="node", env=full)
         self.port = 0
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
-        """Block until a line of output matches ``pattern`` (or the process ends)."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    return None
-                self._cond.wait(remaining)
 
     def wait_ready(self, timeout: float = 15.0) -> int:
         match = self.wait_for_line(r"listening on [^ ]+:(\d+)", timeout)
@@ -181,23 +134,9 @@ class NodeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._reader.join(5)
+    def stop(self, timeout: float = 10.0, **options: Any) -> int | None:
+        """SIGTERM; after ``timeout`` seconds SIGKILL to the node's process group (its workers too)."""
+        return super().stop(timeout, **{"kill_group": True, **options})
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import openai
 import pytest
+
+from tools.childproc import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "tools" / "demo.py"
@@ -34,42 +34,31 @@ USER = [{"role": "user", "content": "Hello demo"}]
 
 
 class RunningDemo:
-    """``tools/demo.py --port 0`` as a child process, its stdout read line by line."""
+    """``tools/demo.py --port 0`` as a child process (tools/childproc.py), its stdout read line by line."""
 
     def __init__(self, tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PORT"}
         self.stderr_path = tmp_path / "demo.stderr"
-        with self.stderr_path.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(DEMO), "--port", "0", "--words-per-second", "200"],
-                cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                start_new_session=True,
-            )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.child = ChildProcess(
+            [sys.executable, str(DEMO), "--port", "0", "--words-per-second", "200"],
+            name="demo", env=env, stderr_path=self.stderr_path,
+        )
+        self.proc = self.child.proc
         self.url = ""
         self.pids: dict[str, int] = {}
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
 
     def wait_ready(self) -> None:
         """Read stdout until both the node's and the upstream's lines have been printed."""
         deadline = time.monotonic() + READY_TIMEOUT
-        while "node" not in self.pids or "upstream" not in self.pids:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                pytest.fail("the demo did not get ready:\n" + self.stderr_path.read_text())
-            if line is None:
+        for name, line in (("node", NODE_LINE), ("upstream", UPSTREAM_LINE)):
+            match = self.child.wait_for_line(line, max(deadline - time.monotonic(), 0.01))
+            if match is None and self.child.ended:
                 pytest.fail(f"the demo exited ({self.proc.wait(5)}):\n" + self.stderr_path.read_text())
-            if match := NODE_LINE.search(line):
-                self.url, self.pids["node"] = match.group(1), int(match.group(2))
-            elif match := UPSTREAM_LINE.search(line):
-                self.pids["upstream"] = int(match.group(2))
+            if match is None:
+                pytest.fail("the demo did not get ready:\n" + self.stderr_path.read_text())
+            if name == "node":
+                self.url = match.group(1)
+            self.pids[name] = int(match.group(2))
 
     def kill_all(self) -> None:
         """Last-resort clean-up: SIGKILL whatever is left, by PID."""

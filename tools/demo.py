@@ -23,11 +23,8 @@ child exiting by itself (the demo then exits 1).
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as ``python tools/demo.py``
+    sys.path.insert(0, str(ROOT))
+
+from tools.childproc import ChildProcess  # noqa: E402
+
 UPSTREAM_SCRIPT = ROOT / "tools" / "demo_upstream.py"
 LISTENING = r"listening on [^ ]+:(\d+)"
 DUMMY_KEY = "demo-key-not-a-secret"
@@ -53,93 +55,23 @@ PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYST
 
 def provider_variables() -> list[tuple[str, str]]:
     """(base URL variable, key variable) of every provider the node knows, from config.PROVIDER_DEFAULTS."""
-    if str(ROOT) not in sys.path:  # run as ``python tools/demo.py``
-        sys.path.insert(0, str(ROOT))
     from config import PROVIDER_DEFAULTS
 
     return [(url_var, key_var) for url_var, _, key_var in PROVIDER_DEFAULTS.values()]
 
 
-class Child:
-    """A child process in its own session; its output lines are kept (the last ones) and echoed to stderr."""
+def start_child(name: str, args: list[str], env: dict[str, str], echo: bool, ended: threading.Event) -> ChildProcess:
+    """A child in its own session; its last 200 output lines kept (and echoed to stderr); ``ended`` set when its output ends."""
+    return ChildProcess(args, name=name, env=env, echo=echo, keep=200, on_eof=ended.set)
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], echo: bool, ended: threading.Event) -> None:
-        self.name = name
-        self.echo = echo
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
-        self._cond = threading.Condition()
-        self._eof = False
-        self._ended = ended
-        self.proc = subprocess.Popen(
-            args, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            if self.echo:
-                print(f"{self.name} | {line}", file=sys.stderr, flush=True)
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-        self._ended.set()
+def stop_child(child: ChildProcess, timeout: float) -> int | None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL (said on stderr); return the exit code."""
 
-    def wait_for(self, pattern: str, timeout: float, abort: threading.Event) -> re.Match[str] | None:
-        """The first output line matching ``pattern``; None if the child ends, ``abort`` is set or time runs out."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                lines = list(self.lines)
-                for line in lines[seen:]:
-                    if match := regex.search(line):
-                        return match
-                seen = len(lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._eof or abort.is_set():
-                    return None
-                self._cond.wait(min(remaining, POLL))
+    def killing() -> None:
+        print(f"demo: {child.name} (pid {child.pid}) did not stop within {timeout:g}s: SIGKILL", file=sys.stderr)
 
-    def alive(self) -> bool:
-        if self._eof:
-            # Its output ended, so it is exiting; the pipe closes a moment before the exit status can be read.
-            try:
-                self.proc.wait(EXIT_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float) -> int:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"demo: {self.name} (pid {self.pid}) did not stop within {timeout:g}s: SIGKILL", file=sys.stderr)
-            self.signal(signal.SIGKILL)
-            self.proc.wait(KILL_TIMEOUT)
-        self._reader.join(KILL_TIMEOUT)
-        return self.proc.returncode
-
-    def tail(self, count: int = 20) -> str:
-        with self._cond:
-            return "\n".join(list(self.lines)[-count:])
+    return child.stop(timeout, kill_timeout=KILL_TIMEOUT, on_kill=killing)
 
 
 class Demo:
@@ -147,7 +79,7 @@ class Demo:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.children: list[Child] = []
+        self.children: list[ChildProcess] = []
         self.stop_requested = threading.Event()  # a signal, or a child's output ended
         self.signal_name = ""
         self.stopping = False
@@ -169,9 +101,9 @@ class Demo:
         """Start the demo upstream; return its base URL."""
         args = [sys.executable, str(UPSTREAM_SCRIPT), "--host", "127.0.0.1", "--port", "0",
                 "--words-per-second", str(self.args.words_per_second)]
-        upstream = Child("upstream", args, self.base_env(), not self.args.quiet, self.stop_requested)
+        upstream = start_child("upstream", args, self.base_env(), not self.args.quiet, self.stop_requested)
         self.children.append(upstream)
-        match = upstream.wait_for(LISTENING, START_TIMEOUT, self.stop_requested)
+        match = upstream.wait_for_line(LISTENING, START_TIMEOUT, self.stop_requested)
         if match is None:
             raise StartError(upstream)
         return f"http://127.0.0.1:{match.group(1)}/v1"
@@ -193,10 +125,10 @@ class Demo:
 
     def start_node(self, upstream_url: str) -> int:
         """Start the node; return its port once /health answers."""
-        node = Child("node", [sys.executable, str(ROOT / "server.py")], self.node_env(upstream_url), not self.args.quiet,
-                     self.stop_requested)
+        node = start_child("node", [sys.executable, str(ROOT / "server.py")], self.node_env(upstream_url), not self.args.quiet,
+                           self.stop_requested)
         self.children.append(node)
-        match = node.wait_for(LISTENING, START_TIMEOUT, self.stop_requested)
+        match = node.wait_for_line(LISTENING, START_TIMEOUT, self.stop_requested)
         if match is None:
             raise StartError(node)
         port = int(match.group(1))
@@ -218,7 +150,7 @@ class Demo:
             return self.shutdown(0)
         print(banner(local_host(self.args.host), port, upstream_url, self.children, self.args.words_per_second), flush=True)
         while not self.stop_requested.wait(POLL * 2):
-            if not all(child.alive() for child in self.children):
+            if not all(child.alive(EXIT_GRACE) for child in self.children):
                 break
         return self.shutdown(0 if self.signal_name else 1)
 
@@ -226,14 +158,14 @@ class Demo:
         """Stop the node first (it drains), then the upstream."""
         self.stopping = True
         for child in self.children:
-            if not child.alive() and not self.signal_name:
+            if not child.alive(EXIT_GRACE) and not self.signal_name:
                 print(f"demo: the {child.name} (pid {child.pid}) exited with code {child.proc.returncode}: stopping",
                       file=sys.stderr)
                 code = 1
         if self.signal_name:
             print(f"demo: {self.signal_name}: stopping", file=sys.stderr)
         for child in reversed(self.children):
-            child.stop(STOP_TIMEOUT if child.name == "node" else KILL_TIMEOUT)
+            stop_child(child, STOP_TIMEOUT if child.name == "node" else KILL_TIMEOUT)
         print("demo: stopped", file=sys.stderr, flush=True)
         return code
 
@@ -241,7 +173,7 @@ class Demo:
 class StartError(Exception):
     """A child did not get ready."""
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: ChildProcess) -> None:
         super().__init__(child.name)
         self.child = child
 
@@ -265,7 +197,7 @@ def wait_healthy(url: str, timeout: float, abort: threading.Event) -> bool:
     return False
 
 
-def banner(host: str, port: int, upstream_url: str, children: list[Child], words_per_second: float) -> str:
+def banner(host: str, port: int, upstream_url: str, children: list[ChildProcess], words_per_second: float) -> str:
     """What to try, with the real port in every line."""
     url = f"http://{host}:{port}"
     pids = {child.name: child.pid for child in children}

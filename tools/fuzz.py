@@ -35,18 +35,20 @@ import argparse
 import copy
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as ``python tools/fuzz.py``
+    sys.path.insert(0, str(ROOT))
+
+from tools.childproc import ChildProcess  # noqa: E402
+
 DOCUMENT = ROOT / "openapi.json"
 EXCLUDED_CHECKS = ("negative_data_rejection",)
 SERVICE_KEY = "fuzz-service-key"
@@ -55,58 +57,14 @@ ONE_COLUMN_CSV = r"^[A-Za-z0-9 ?]{1,20}(\n[A-Za-z0-9 ?]{0,20}){0,10}$"
 UNEXPECTED = re.compile(r"unexpected error|Traceback", re.IGNORECASE)
 
 
-class Process:
-    """A child process whose merged output is copied to a log file and scanned for a line."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            args,
-            cwd=str(ROOT),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._copy, daemon=True)
-        self._reader.start()
-
-    def _copy(self) -> None:
-        assert self.proc.stdout is not None
-        with self.log_path.open("w") as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                log.flush()
-                self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        """The first output line matching ``pattern``; raise if the process ends or stays silent."""
-        regex = re.compile(pattern)
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise RuntimeError(f"{self.name}: no line matching {pattern!r} within {timeout:g}s") from None
-            if line is None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.wait()}); see {self.log_path}")
-            match = regex.search(line)
-            if match:
-                return match
-
-    def stop(self) -> None:
-        """SIGTERM this process (by its PID); SIGKILL it if it has not exited within 15 s."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._reader.join(5)
+def wait_for(process: ChildProcess, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    """The first output line matching ``pattern``; raise if the process ends or the line does not come in time."""
+    match = process.wait_for_line(pattern, timeout)
+    if match is not None:
+        return match
+    if process.ended:
+        raise RuntimeError(f"{process.name} exited ({process.proc.wait()}); see {process.log_path}")
+    raise RuntimeError(f"{process.name}: no line matching {pattern!r} within {timeout:g}s")
 
 
 def fuzz_document(document: dict[str, Any]) -> dict[str, Any]:
@@ -207,16 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mira-fuzz-"))
     document = work / "openapi.fuzz.json"
     document.write_text(json.dumps(fuzz_document(json.loads(DOCUMENT.read_text()))))
-    started: list[Process] = []
+    started: list[ChildProcess] = []
     code = 1
     try:
-        mock = Process("mock upstream", [sys.executable, "-m", "tests.mock_upstream", "--port", "0"], dict(os.environ),
-                       work / "mock.log")
+        mock = ChildProcess([sys.executable, "-m", "tests.mock_upstream", "--port", "0"], name="mock upstream",
+                            env=dict(os.environ), log_path=work / "mock.log")
         started.append(mock)
-        mock_url = mock.wait_for(r"serving on (http://\S+)").group(1)
-        node = Process("node", [sys.executable, "server.py"], node_env(mock_url, args.service_key), work / "node.log")
+        mock_url = wait_for(mock, r"serving on (http://\S+)").group(1)
+        node = ChildProcess([sys.executable, "server.py"], name="node", env=node_env(mock_url, args.service_key),
+                            log_path=work / "node.log")
         started.append(node)
-        port = node.wait_for(r"listening on [^ ]+:(\d+)").group(1)
+        port = wait_for(node, r"listening on [^ ]+:(\d+)").group(1)
         base_url = f"http://127.0.0.1:{port}"
         print(f"fuzz: node {base_url} (pid {node.proc.pid}), mock upstream {mock_url} (pid {mock.proc.pid})", flush=True)
         try:
@@ -226,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
     finally:
         for process in reversed(started):
-            process.stop()
+            process.stop(15)  # SIGTERM to its PID; SIGKILL if it has not exited within 15 s
     errors = node_errors(work / "node.log") if (work / "node.log").exists() else []
     if errors:
         print("fuzz: the node logged unexpected errors:", *errors[:20], sep="\n  ", file=sys.stderr)
