@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import sys
+from pathlib import Path
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.serving import stop_on_signals  # noqa: E402
 
 ANSWER = (
     b'{"id":"chatcmpl-bare","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,'
@@ -32,10 +37,7 @@ class BareHandler(RequestHandler):
 
 
 async def serve(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     sockets = bind_sockets(port, host)
     server = HTTPServer(Application([(r"/.*", BareHandler)], log_function=lambda handler: None))
     server.add_sockets(sockets)

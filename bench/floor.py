@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tornado.web import Application, RequestHandler
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server import READ_CHUNK  # noqa: E402
+from tools.serving import stop_on_signals  # noqa: E402
 from utils.upstream.transport import Transfer, Transport, UpstreamCall, header_lines  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-not-a-real-key"}
@@ -65,10 +65,7 @@ class NodeTransportProxy(RequestHandler):
 
 
 async def serve(host: str, port: int, upstream: str, client: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     url = upstream.rstrip("/") + "/chat/completions"
     if client == "tornado":
         http = CurlAsyncHTTPClient(force_instance=True, max_clients=1000)

@@ -27,12 +27,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
-import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from tools.serving import stop_on_signals, wait_stopped  # noqa: E402
 
 MAX_HEAD = 64 * 1024
 MAX_STREAM_CHUNKS = 100_000
@@ -262,21 +268,13 @@ def raise_fd_limit(wanted: int = 65536) -> int:
 async def serve(host: str, port: int, max_seconds: float) -> None:
     """Serve until a signal, the parent's exit, or ``max_seconds``."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     state = State()
     server = await loop.create_server(lambda: UpstreamProtocol(state), host, port, backlog=4096, reuse_address=True)
     bound = server.sockets[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)
-    parent = os.getppid()
-    deadline = time.monotonic() + max_seconds
     async with server:
-        while not stop.is_set() and time.monotonic() < deadline and os.getppid() == parent:
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
+        await wait_stopped(stop, watch_parent=True, max_seconds=max_seconds)
         server.close()
 
 

@@ -27,15 +27,21 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
-import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
 import tornado.web
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as ``python tools/demo_upstream.py``
+    sys.path.insert(0, str(ROOT))
+
+from tools.serving import stop_on_signals, wait_stopped  # noqa: E402
 
 DEFAULT_WORDS_PER_SECOND = 20.0
 MODEL_ID = "demo-model"
@@ -235,21 +241,13 @@ def make_app(words_per_second: float) -> tornado.web.Application:
 
 async def serve(host: str, port: int, words_per_second: float) -> None:
     """Serve until SIGTERM/SIGINT or until the parent process is gone."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     sockets = tornado.netutil.bind_sockets(port, host)
     server = tornado.httpserver.HTTPServer(make_app(words_per_second))
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()
     print(f"demo upstream listening on {bound[0]}:{bound[1]} ({words_per_second:g} words/s)", flush=True)
-    parent = os.getppid()
-    while not stop.is_set() and os.getppid() == parent:
-        try:
-            await asyncio.wait_for(stop.wait(), PARENT_CHECK_SECONDS)
-        except TimeoutError:
-            pass
+    await wait_stopped(stop, watch_parent=True, check_every=PARENT_CHECK_SECONDS)
     server.stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), 2)
