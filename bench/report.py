@@ -74,6 +74,14 @@ def row(figure: str, node: str, direct: str = "", compare: str = "", target: str
     return (figure, node, direct, compare, target, verdict(ok))
 
 
+def ratio_row(
+    figure: str, compared: tuple[float | None, str, float | None], unit: str = "", target: str = "", ok: bool | None = None
+) -> Row:
+    """``compared`` is (value, the reference's name, the reference): the value, ``NAME: reference`` and their ratio."""
+    value, name, reference = compared
+    return row(figure, fmt(value, unit, 0), f"{name}: {fmt(reference, unit, 0)}", ratio(value, reference), target, ok)
+
+
 def json_rows(m: Measurements) -> list[Row]:
     jn, jd = m.json.get("node"), m.json.get("direct")
     rps_n, rps_d = attr(jn, "rps"), attr(jd, "rps")
@@ -108,11 +116,10 @@ def json_rows(m: Measurements) -> list[Row]:
     rounds = f"medians of {m.plan.cpu_rounds} alternated rounds of {m.plan.cpu_seconds} s"
     node = medians.get("node")
     rows.append(
-        row(
+        ratio_row(
             f"CPU per JSON request: node / a bare Tornado handler (fixed POST), {rounds}",
-            fmt(node, " µs", 0),
-            f"bare: {fmt(bare, ' µs', 0)}",
-            ratio(node, bare),
+            (node, "bare", bare),
+            " µs",
             target="≤ 1.5×",
             ok=None if node is None or not bare else node / bare <= 1.5,
         )
@@ -120,34 +127,26 @@ def json_rows(m: Measurements) -> list[Row]:
     for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
         floor = medians.get(f"floor-{client}")
         rows.append(
-            row(
+            ratio_row(
                 f"CPU per JSON request: a bare Tornado handler proxying through {name} / the bare handler",
-                fmt(floor, " µs", 0),
-                f"bare: {fmt(bare, ' µs', 0)}",
-                ratio(floor, bare),
+                (floor, "bare", bare),
+                " µs",
             )
         )
     rps = {name: percentile([r.rps for r in results], 50) for name, results in m.rounds.items()}
     rps_w, rps_one = rps.get("workers"), rps.get("node")
     scale = rps_w / rps_one if rps_w is not None and rps_one else None
     rows.append(
-        row(
+        ratio_row(
             f"JSON requests/s with WORKERS=0 (unpinned) / one worker, {rounds}",
-            fmt(rps_w, digits=0),
-            f"one: {fmt(rps_one, digits=0)}",
-            ratio(rps_w, rps_one),
+            (rps_w, "one", rps_one),
             target="≥ 1.8×",
             ok=None if scale is None else scale >= 1.8,
         )
     )
     cpu_w = medians.get("workers")
     rows.append(
-        row(
-            f"CPU per JSON request with WORKERS=0 (all its processes) / one worker, {rounds}",
-            fmt(cpu_w, " µs", 0),
-            f"one: {fmt(node, ' µs', 0)}",
-            ratio(cpu_w, node),
-        )
+        ratio_row(f"CPU per JSON request with WORKERS=0 (all its processes) / one worker, {rounds}", (cpu_w, "one", node), " µs")
     )
     return rows
 
