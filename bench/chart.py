@@ -6,8 +6,8 @@ them as a grid of small bar charts, one panel per figure, each bar labelled
 with its value. A figure that was not measured (None) is left out, and so is
 a panel with none of its figures.
 
-matplotlib (pinned in ``requirements-bench.txt``, which ``make bench``
-installs) is imported only inside ``write_chart``, with the non-interactive
+matplotlib (pinned in ``requirements-dev.txt``, the test set, which ``make
+install`` and ``make bench`` install) is imported only inside ``write_chart``, with the non-interactive
 Agg backend; without it ``write_chart`` returns None and draws nothing, so the
 benchmark itself never depends on it.
 """

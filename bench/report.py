@@ -413,7 +413,7 @@ def save(text: str, m: Measurements, when: datetime) -> Path:
         log(f"chart skipped: {exc.__class__.__name__}: {exc}")
         return path
     if chart is None:
-        log("chart skipped: matplotlib is not installed (`make bench` installs requirements-bench.txt)")
+        log("chart skipped: matplotlib is not installed (`make install` and `make bench` install requirements-dev.txt)")
     else:
         shutil.copyfile(chart, latest_chart)
         log(f"chart written to {chart.relative_to(ROOT)} and bench/results/latest.png")
