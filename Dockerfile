@@ -1,6 +1,9 @@
 # The Mira service node: python server.py on port 8000, as an unprivileged user.
-#   docker build --build-arg VERSION=1.2.3 -t mira-service:1.2.3 .    (or: make docker-build)
-#   docker run --rm -p 8000:8000 --env-file .env mira-service:1.2.3   (or: make docker-run)
+#   docker build --build-arg VERSION=1.2.3 -t mira-service:1.2.3 .                       (or: make docker-build)
+#   docker run --rm --stop-timeout 40 -p 8000:8000 --env-file .env mira-service:1.2.3    (or: make docker-run)
+# A stop must wait longer than SHUTDOWN_TIMEOUT (default 30 s), the drain the node promises on SIGTERM; the
+# engines' own default is 10 s, after which a longer request is cut (exit 137). podman works the same.
+# Where no container registry is reachable, `make docker-base` makes a local stand-in for the base image.
 FROM python:3.11-slim
 
 ARG VERSION=0.0.0
