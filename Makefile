@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-hostile clean fuzz docker-build docker-run
+.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-hostile clean fuzz docker-base docker-build docker-run docker-test
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,12 +73,29 @@ fuzz: $(FUZZ_STAMP)  ## schemathesis against openapi.json: a node and the mock u
 
 IMAGE     ?= mira-service
 IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The engine: docker, or podman (same commands); extra flags for a machine go in the FLAGS. For instance,
+# Debian's podman where crun refuses the cgroup layout and pip's TLS needs the host's CA bundle:
+#   DOCKER="podman --runtime runc" DOCKER_BUILD_FLAGS="--network host --format docker --ulimit nofile=20000:20000
+#   -v <host CA bundle>:/etc/ssl/certs/ca-certificates.crt:ro" DOCKER_RUN_FLAGS="--ulimit nofile=20000:20000"
+DOCKER             ?= docker
+DOCKER_BUILD_FLAGS ?=
+DOCKER_RUN_FLAGS   ?=
+DOCKER_PORT        ?= 8000
+# A stop waits this long before it kills: longer than SHUTDOWN_TIMEOUT (default 30 s), so the node
+# finishes the drain it promised. The engines' own default is 10 s.
+DOCKER_STOP_TIMEOUT ?= 40
+
+docker-base:  ## the Dockerfile's base image: pulled, or where no registry is reachable a Debian stand-in (needs mmdebstrap)
+	$(if $(filter command line environment,$(origin DOCKER)),DOCKER="$(DOCKER)") tools/base_image.sh
 
 docker-build:  ## build the image $(IMAGE):$(IMAGE_TAG) (VERSION in /health = IMAGE_TAG)
-	docker build --build-arg VERSION=$(IMAGE_TAG) -t $(IMAGE):$(IMAGE_TAG) .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --build-arg VERSION=$(IMAGE_TAG) -t $(IMAGE):$(IMAGE_TAG) .
 
-docker-run:  ## run the image on port 8000 with the settings of .env (if any)
-	docker run --rm --name $(IMAGE) -p 8000:8000 $(if $(wildcard .env),--env-file .env) $(IMAGE):$(IMAGE_TAG)
+docker-run:  ## run the image on port $(DOCKER_PORT) with the settings of .env (if any); a stop waits DOCKER_STOP_TIMEOUT s
+	$(DOCKER) run --rm --name $(IMAGE) --stop-timeout $(DOCKER_STOP_TIMEOUT) -p $(DOCKER_PORT):8000 $(DOCKER_RUN_FLAGS) $(if $(wildcard .env),--env-file .env) $(IMAGE):$(IMAGE_TAG)
+
+docker-test: $(STAMP)  ## build the image and test it running (tests/test_image.py; podman, else docker)
+	$(if $(filter command line environment,$(origin DOCKER)),DOCKER="$(DOCKER)") $(PY) -m pytest tests/test_image.py -v $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -31,14 +31,15 @@ done
 if [[ -z "${DOCKER:-}" ]]; then
     if command -v podman >/dev/null; then DOCKER=podman; else DOCKER=docker; fi
 fi
+read -ra engine <<<"$DOCKER"  # the engine and its global flags, e.g. DOCKER="podman --runtime runc"
 base=$(awk 'toupper($1) == "FROM" { print $2; exit }' Dockerfile)
 [[ -n "$base" ]] || { echo "base_image.sh: no FROM line in Dockerfile" >&2; exit 1; }
 
-if [[ $force == 0 ]] && "$DOCKER" image inspect "$base" >/dev/null 2>&1; then
+if [[ $force == 0 ]] && "${engine[@]}" image inspect "$base" >/dev/null 2>&1; then
     echo "base image $base: present"
     exit 0
 fi
-if [[ $force == 0 && $stand_in == 0 ]] && timeout 120 "$DOCKER" pull "$base" >/dev/null 2>&1; then
+if [[ $force == 0 && $stand_in == 0 ]] && timeout 120 "${engine[@]}" pull "$base" >/dev/null 2>&1; then
     echo "base image $base: pulled"
     exit 0
 fi
@@ -62,9 +63,9 @@ mmdebstrap --quiet --variant=minbase \
     --customize-hook='printf "%s\n" "Dir::Cache::pkgcache \"\";" "Dir::Cache::srcpkgcache \"\";" >"$1"/etc/apt/apt.conf.d/docker-clean' \
     --customize-hook='rm -rf "$1"/opt/venv/lib/python3.11/site-packages/pip/_vendor/distlib/*.exe "$1"/var/cache/apt/*.bin' \
     bookworm "$work/base.tar" </dev/null
-"$DOCKER" import \
+"${engine[@]}" import \
     --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["python3"]' \
     "$work/base.tar" "$base" >"$work/import.log" 2>&1 || { cat "$work/import.log" >&2; exit 1; }
-echo "base image $base: stand-in imported ($("$DOCKER" image inspect --format '{{.Size}}' "$base") bytes)"
+echo "base image $base: stand-in imported ($("${engine[@]}" image inspect --format '{{.Size}}' "$base") bytes)"
