@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +29,14 @@ PROVIDER_DEFAULTS: dict[str, tuple[str, str, str]] = {
     "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
     "groq": ("GROQ_BASE_URL", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
     "mira": ("MIRA_BASE_URL", "http://localhost:11434/v1", "MIRA_API_KEY"),
+    "ollama": ("OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY"),
 }
+# Providers that need no key (a local server): always listed as configured.
+KEYLESS_PROVIDERS = ("mira", "ollama")
+# The router forgets a node this many seconds after its last heartbeat.
+ROUTER_LIVENESS_TTL = 12.0
+
+Network = IPv4Network | IPv6Network
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -43,7 +51,8 @@ ENV_VARIABLES: tuple[str, ...] = (
     "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
     "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
     "OPENROUTER_IGNORED_PROVIDERS", "MODEL_FALLBACKS_FILE", "CIRCUIT_FAILURES", "CIRCUIT_COOLDOWN",
-    "UPSTREAM_CA_BUNDLE", "STREAM_USAGE",
+    "UPSTREAM_CA_BUNDLE", "STREAM_USAGE", "ALLOWED_CLIENTS", "TRUSTED_PROXIES", "DEFAULT_PROVIDER",
+    "TRAFFIC_WEIGHT", "ROUTER_MODELS",
 ) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
 
 
@@ -76,7 +85,12 @@ class Settings:
     liveness_interval: float = 3.0
     router_retry_backoff: float = 1.0
     supported_models_file: str = str(DEFAULT_MODELS_FILE)
-    service_api_key: str = field(default="", repr=False)
+    service_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    allowed_clients: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    default_provider: str = ""
+    traffic_weight: float | None = None
+    router_models: tuple[str, ...] = ()
     allow_custom_providers: bool = True
     max_body_size: int = 20971520
     max_concurrent_requests: int = 1000
@@ -105,7 +119,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and messages."""
-        values = [self.admin_api_token, self.machine_api_token, self.service_api_key]
+        values = [self.admin_api_token, self.machine_api_token, *self.service_api_keys]
         values += [p.api_key for p in self.providers.values()]
         return [v for v in values if v]
 
@@ -172,6 +186,24 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _networks(raw: str) -> tuple[Network, ...]:
+    """Comma-separated IPv4/IPv6 addresses and CIDR blocks (host bits allowed: ``10.0.0.5/8`` is ``10.0.0.0/8``)."""
+    networks = []
+    for entry in _csv(raw):
+        try:
+            networks.append(ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry[:60]!r} is not an IP address or CIDR block") from None
+    return tuple(networks)
+
+
+def _weight(raw: str) -> float:
+    value = _float(0.0)(raw)
+    if value > 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -221,6 +253,16 @@ def load_settings(env_file: str | None = None) -> Settings:
             " (heartbeats only) or ADMIN_API_TOKEN (register at start-up), or unset ROUTER_BASE_URL to run standalone"
         )
 
+    liveness_interval = get("LIVENESS_INTERVAL", 3.0, _float(0.0, strict=True))
+    if liveness_interval >= ROUTER_LIVENESS_TTL:
+        raise ConfigError(
+            f"LIVENESS_INTERVAL={liveness_interval:g}: must be below {ROUTER_LIVENESS_TTL:g} seconds (the router forgets"
+            f" a node {ROUTER_LIVENESS_TTL:g} s after its last heartbeat); 3 is the default"
+        )
+    default_provider = get("DEFAULT_PROVIDER", "")
+    if default_provider and default_provider not in providers:
+        raise ConfigError(f"DEFAULT_PROVIDER={default_provider[:40]!r}: must be one of {', '.join(providers)}")
+
     return Settings(
         port=get("PORT", 8000, _int(0, 65535)),
         host=get("HOST", "0.0.0.0") or "0.0.0.0",
@@ -231,11 +273,16 @@ def load_settings(env_file: str | None = None) -> Settings:
         machine_name=get("MACHINE_NAME", ""),
         admin_api_token=get("ADMIN_API_TOKEN", ""),
         machine_api_token=get("MACHINE_API_TOKEN", ""),
-        liveness_interval=get("LIVENESS_INTERVAL", 3.0, _float(0.0, strict=True)),
+        liveness_interval=liveness_interval,
         router_retry_backoff=get("ROUTER_RETRY_BACKOFF", 1.0, _float(0.0)),
         supported_models_file=get("SUPPORTED_MODELS_FILE", str(DEFAULT_MODELS_FILE))
         or str(DEFAULT_MODELS_FILE),
-        service_api_key=get("SERVICE_API_KEY", ""),
+        service_api_keys=get("SERVICE_API_KEY", (), _csv),
+        allowed_clients=get("ALLOWED_CLIENTS", (), _networks),
+        trusted_proxies=get("TRUSTED_PROXIES", (), _networks),
+        default_provider=default_provider,
+        traffic_weight=get("TRAFFIC_WEIGHT", None, lambda raw: _weight(raw) if raw.strip() else None),
+        router_models=get("ROUTER_MODELS", (), _csv),
         allow_custom_providers=get("ALLOW_CUSTOM_PROVIDERS", True, _bool),
         max_body_size=get("MAX_BODY_SIZE", 20971520, _int(1)),
         max_concurrent_requests=get("MAX_CONCURRENT_REQUESTS", 1000, _int(1)),

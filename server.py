@@ -21,15 +21,16 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from config import ConfigError, Settings, load_settings
+from config import KEYLESS_PROVIDERS, ConfigError, Settings, load_settings
 from handlers import eval as evaluation
 from handlers import health, meta, proxy, verify
 from handlers.base import NotFoundHandler
 from utils import metrics
 from utils.context import NodeContext
+from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
 from utils.redact import PROCESS_REDACTOR
-from utils.router import RouterClient, RouterError, token_source
+from utils.router import RouterClient, RouterError, RouterStatus, token_source
 
 log = logging.getLogger("mira.server")
 
@@ -59,14 +60,18 @@ def mode_of(settings: Settings) -> str:
 class Node:
     """One serving process: its app, HTTP server and drain logic."""
 
-    def __init__(self, settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None
+    ) -> None:
         self.settings = settings
         self.sockets = sockets
-        self.ctx = NodeContext(settings)
+        self.ctx = NodeContext(settings, status)
         # Router work (registration, heartbeats): in router mode, by the one process given heartbeat=True.
         self.router = None
         if settings.router_base_url and heartbeat:
-            self.router = RouterClient(settings, self.ctx.upstream.http, self.ctx.machine_ip, self.ctx.redactor)
+            self.router = RouterClient(
+                settings, self.ctx.upstream.http, self.ctx.machine_ip, self.ctx.redactor, self.ctx.router_status
+            )
         self.app = make_app(self.ctx)
         # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself. Tornado allocates and
         # zeroes a fresh read buffer of chunk_size for every socket read (a 64 KB one by default, twice a
@@ -127,7 +132,7 @@ class Node:
 
 
 def start_line(settings: Settings, pid_note: str = "") -> str:
-    configured = [name for name, p in settings.providers.items() if p.api_key or name == "mira"]
+    configured = [name for name, p in settings.providers.items() if p.api_key or name in KEYLESS_PROVIDERS]
     token_note = f", {token_source(settings)}" if settings.router_base_url else ""
     return (
         f"Mira service node {settings.version} listening on {settings.host}:{settings.port}"
@@ -135,20 +140,24 @@ def start_line(settings: Settings, pid_note: str = "") -> str:
     )
 
 
-def serve(settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> None:
+def serve(
+    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None
+) -> None:
     """Run one serving process until it has drained."""
 
     async def main() -> None:
-        node = Node(settings, sockets, heartbeat=heartbeat)
+        node = Node(settings, sockets, heartbeat=heartbeat, status=status)
         await node.run()
 
     asyncio.run(main())
 
 
-def serve_exit_code(settings: Settings, sockets: list[socket.socket], heartbeat: bool = True) -> int:
+def serve_exit_code(
+    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None
+) -> int:
     """:func:`serve`, with start-up failures turned into exit codes (2: configuration, 1: router)."""
     try:
-        serve(settings, sockets, heartbeat)
+        serve(settings, sockets, heartbeat, status)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -184,8 +193,9 @@ class Supervisor:
     Only worker 0 talks to the router.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, status: RouterStatus) -> None:
         self.settings = settings
+        self.status = status  # shared with every worker (made before they fork)
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
         self.restarts = 0
@@ -199,7 +209,7 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 sockets = bind_sockets(self.settings.port, self.settings.host, backlog=2048, reuse_port=True)
                 log.info("worker %d serving (pid %d)", index, os.getpid())
-                code = serve_exit_code(self.settings, sockets, heartbeat=index == 0)
+                code = serve_exit_code(self.settings, sockets, heartbeat=index == 0, status=self.status)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -289,6 +299,17 @@ def config_error(message: str) -> None:
         print(f"mira: {message}", file=sys.stderr)
 
 
+def warn_if_open(settings: Settings) -> None:
+    """One warning, at any LOG_LEVEL, when the node listens beyond loopback with neither gate set."""
+    if loopback_host(settings.host) or settings.allowed_clients or settings.service_api_keys:
+        return
+    log.warning(
+        "listening on %s with neither ALLOWED_CLIENTS nor SERVICE_API_KEY set: anyone who reaches port %d can spend"
+        " the provider keys (on the Mira network, set ALLOWED_CLIENTS to the router's addresses)",
+        settings.host, settings.port,
+    )
+
+
 def raise_fd_limit() -> None:
     """Lift the soft open-file limit to the hard one: each open stream holds two sockets."""
     try:
@@ -325,12 +346,14 @@ def main() -> int:
     if settings.port == 0:  # an ephemeral port (tests): report the one the system chose
         bound = reservation if settings.workers > 1 else sockets[0]
         settings = dataclasses.replace(settings, port=bound.getsockname()[1])
+    status = RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
+    warn_if_open(settings)
     if settings.workers == 1:
         log.info(start_line(settings))
-        return serve_exit_code(settings, sockets)
+        return serve_exit_code(settings, sockets, status=status)
     log.info(start_line(settings, f", {settings.workers} workers"))
     try:
-        return Supervisor(settings).run()
+        return Supervisor(settings, status).run()
     finally:
         reservation.close()
         if owned_metrics_dir:

@@ -8,7 +8,6 @@ anything else is a 500 logged with its traceback and a body without internals.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import random
 import re
@@ -73,6 +72,9 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         if self.machine_ip_header:
             self.set_header("X-Machine-IP", self.ctx.machine_ip)
+            name = self.ctx.router_status.name
+            if name:
+                self.set_header("X-Machine-Name", name)
         origins = self.ctx.settings.cors_origins
         if "*" in origins:
             self.set_header("Access-Control-Allow-Origin", "*")
@@ -187,7 +189,7 @@ class BaseHandler(RequestHandler):
             error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
         self.clear_header("Content-Type")
         self.set_header("Content-Type", "application/json")
-        closing = error.status in (408, 413)
+        closing = error.status in (408, 413) or error.code == "client_forbidden"
         if closing:
             # The rest of the body is not worth waiting for: answer, then close the connection.
             self.set_header("Connection", "close")
@@ -270,15 +272,30 @@ class ApiHandler(BaseHandler):
 
     def prepare(self) -> None:
         self._started = time.monotonic()
-        key = self.ctx.settings.service_api_key
-        if key and self.request.method != "OPTIONS":
-            auth = self.request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        gate = self.ctx.gate
+        request = self.request
+        if gate.proxied:
+            # The client behind a trusted proxy: the address every check and log line uses from here on.
+            request.remote_ip = gate.client_of(request.remote_ip or "", request.headers.get("X-Forwarded-For"))
+        if gate.restricted and not gate.allows(request.remote_ip or ""):
+            self.forbid_client()
+            return
+        if gate.needs_key and request.method != "OPTIONS":
+            if not gate.key_accepted(request.headers.get("Authorization", "")):
                 raise ApiError(401, "Invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
         if not self.accept_body and self.request.method != "OPTIONS":
             self._admit()
         super().prepare()
+
+    def forbid_client(self) -> None:
+        """403 ``client_forbidden`` before the body is read, and the connection closed after it.
+
+        The request never counts as in flight and its body (if any) is never
+        waited for: the answer goes out now and the socket is closed.
+        """
+        self._chunks.clear()
+        error = ApiError(403, "This node does not serve your address (ALLOWED_CLIENTS)", code="client_forbidden")
+        self.send_error(403, exc_info=(ApiError, error, None))
 
     def body_received(self) -> bool:
         """Call first in a handler method that reads the body: the body is complete.

@@ -30,7 +30,7 @@ class EvalHandler(ApiHandler):
             return
         ctx = self.ctx
         request = parse_eval_request(
-            self.body, ctx.registry.names, ctx.settings.allow_custom_providers, ctx.settings.eval_max_rows
+            self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, ctx.settings.eval_max_rows
         )
         table = request.table
         self.provider = ",".join(sorted({ref.provider for ref in request.models}))

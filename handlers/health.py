@@ -15,7 +15,10 @@ class HealthHandler(BaseHandler):
         if ctx.draining:
             self.write_json({"status": "draining", "version": ctx.settings.version}, status=503)
         else:
-            self.write_json({"status": "ok", "version": ctx.settings.version, "providers": ctx.routing.health()})
+            self.write_json({
+                "status": "ok", "version": ctx.settings.version, "providers": ctx.routing.health(),
+                "router": ctx.router_status.state,
+            })
 
 
 class ModelsHandler(ApiHandler):

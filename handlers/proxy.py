@@ -27,7 +27,7 @@ class ProxyHandler(ApiHandler):
         if not self.body_received():
             return
         ctx = self.ctx
-        request = parse_chat_request(self.body, ctx.registry.names, ctx.settings.allow_custom_providers, self.endpoint)
+        request = parse_chat_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
         body = ctx.registry.upstream_body(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)

@@ -20,7 +20,7 @@ class VerifyHandler(ApiHandler):
             return
         ctx = self.ctx
         request = parse_verify_request(
-            self.body, ctx.registry.names, ctx.settings.allow_custom_providers, ctx.settings.verify_default_model
+            self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, ctx.settings.verify_default_model
         )
         self.provider = ",".join(sorted({ref.provider for ref in request.models}))
         if request.models[0].custom is not None:

@@ -233,13 +233,33 @@ def is_unicode(text: str) -> bool:
     return True
 
 
+class ProviderNames(frozenset[str]):
+    """The provider names a model may be prefixed with, and DEFAULT_PROVIDER ("" when unset) for every other model."""
+
+    default: str
+
+    def __new__(cls, names: Collection[str], default: str = "") -> ProviderNames:
+        self = super().__new__(cls, names)
+        self.default = default
+        return self
+
+
 def split_model(model: Any, providers: Collection[str], param: str = "model") -> tuple[str, str]:
-    """``"openrouter/a/b"`` → ``("openrouter", "a/b")``; 400 when it cannot be routed."""
+    """``"openrouter/a/b"`` → ``("openrouter", "a/b")``; 400 when it cannot be routed.
+
+    With a default provider (:class:`ProviderNames`), a model whose first
+    segment names no provider goes to it whole: ``("openrouter", "meta-llama/x")``.
+    """
     if model is None or model == "":
         raise bad_request(f"'{param}' is required", param=param)
     if not isinstance(model, str) or not is_unicode(model):
         raise bad_request(f"'{param}' must be a string", param=param)
     provider, sep, name = model.partition("/")
+    if sep and name and provider in providers:
+        return provider, name
+    default = getattr(providers, "default", "")
+    if default and provider not in providers:
+        return default, model
     if not sep or not provider or not name:
         raise bad_request(
             f"'{param}' must be PROVIDER/MODEL (for example openai/gpt-4o), got '{model[:100]}'", param=param
@@ -327,6 +347,7 @@ __all__ = [
     "ApiError",
     "ChatRequest",
     "CustomProvider",
+    "ProviderNames",
     "USER_MESSAGE_REQUIRED",
     "check_messages",
     "check_type",

@@ -34,6 +34,7 @@ SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-SECRET-0003",
     "GROQ_API_KEY": "gsk-SECRET-0004",
     "MIRA_API_KEY": "mira-SECRET-0005",
+    "OLLAMA_API_KEY": "ollama-SECRET-0006",
 }
 
 

@@ -14,11 +14,11 @@ arrival and end times)::
 
 Endpoints (admin ones need ``Bearer admin_token``, liveness a token of the machine):
 
-* ``GET /admin/machines/{ip}``: 200 with the machine, or 404;
+* ``GET /admin/machines/{ip}``: 200 with the machine, or 404 (``null_lookup``: 200 ``null``, as the real router);
 * ``POST /admin/machines/register``: creates (or updates) the machine, 200;
 * ``GET /admin/machines/{ip}/auth-tokens``: 200 ``[{"api_token", "description"}, ...]``;
 * ``POST /admin/machines/{ip}/auth-tokens``: 200 with a new ``{"api_token", ...}``;
-* ``POST /liveness/{ip}``: 200, or 401 for a token the machine does not have.
+* ``POST /liveness/{ip}``: 200, or 401 for a token the machine does not have (``beat_status``: that status, always).
 
 Switches: ``fail_first`` (the next K calls get 503), ``always_fail`` (every
 call gets 503), ``hang`` (no call is ever answered; it ends when the client
@@ -102,6 +102,8 @@ class FakeRouter(LoopbackServer):
             self.always_fail = False
             self.hang = False
             self.refuse: tuple[int, str] | None = None
+            self.null_lookup = False
+            self.beat_status: int | None = None
             self._calls: list[Call] = []
             self._serial = itertools.count(1)
             self._cond.notify_all()
@@ -113,6 +115,15 @@ class FakeRouter(LoopbackServer):
                 "network_ip": ip, "name": name, "description": "pre-registered", "disabled": False,
                 "tokens": [{"api_token": t, "description": "pre-issued"} for t in tokens],
             }
+
+    def forget(self, ip: str) -> None:
+        """Drop a machine and its tokens, as a router whose database was reset would."""
+        with self._cond:
+            self.machines.pop(ip, None)
+
+    def registrations(self) -> list[Call]:
+        """The ``POST /admin/machines/register`` calls since reset."""
+        return [c for c in self.calls if c.path == "/admin/machines/register"]
 
     def tokens_of(self, ip: str) -> list[str]:
         """The machine tokens the router holds for ``ip``, oldest first."""
@@ -210,6 +221,12 @@ class _Handler(tornado.web.RequestHandler):
             else:
                 self.reply(200, view(machine))
 
+    def lookup_machine(self, ip: str) -> None:
+        if self.router.null_lookup and ip not in self.router.machines:
+            self.reply(200, None)
+        else:
+            self.reply_machine(ip, _public)
+
     def on_finish(self) -> None:
         if self.call is not None and not self.call.closed_at:
             self.router._end(self.call, self.get_status())
@@ -226,7 +243,7 @@ def _public(machine: dict[str, Any]) -> dict[str, Any]:
 
 class _MachineHandler(_Handler):
     def get(self, ip: str) -> None:
-        self.reply_machine(ip, _public)
+        self.lookup_machine(ip)
 
 
 class _RegisterHandler(_Handler):
@@ -237,7 +254,8 @@ class _RegisterHandler(_Handler):
             return
         with self.router._cond:
             machine = self.router.machines.setdefault(body["network_ip"], {"tokens": []})
-            machine.update({k: body.get(k) for k in ("network_ip", "name", "description", "disabled")})
+            machine.update({k: body[k] for k in ("network_ip", "name", "description", "disabled", "traffic_weight",
+                                                 "supported_models") if k in body})
             self.reply(200, _public(machine))
 
 
@@ -262,7 +280,9 @@ class _LivenessHandler(_Handler):
 
     def post(self, ip: str) -> None:
         valid = self.call is not None and self.call.authorization.removeprefix("Bearer ") in self.router.tokens_of(ip)
-        if valid:
+        if self.router.beat_status is not None:
+            self.reply(self.router.beat_status, {"detail": f"refused with {self.router.beat_status}"})
+        elif valid:
             self.reply(200, {"status": "ok"})
         else:
             self.reply(401, {"detail": "invalid machine token"})

@@ -353,8 +353,8 @@ async def test_machine_ip_from_settings(node_url, upstream):
 async def test_health_and_models(node_url, ctx):
     response = await get(node_url + "/health")
     assert response.code == 200
-    providers = {name: "up" for name in ("openai", "openrouter", "anthropic", "groq", "mira")}
-    assert ujson.loads(response.body) == {"status": "ok", "version": "9.9.9-test", "providers": providers}
+    providers = {name: "up" for name in ("openai", "openrouter", "anthropic", "groq", "mira", "ollama")}
+    assert ujson.loads(response.body) == {"status": "ok", "version": "9.9.9-test", "providers": providers, "router": "standalone"}
     models = ujson.loads((await get(node_url + "/v1/models")).body)
     assert models["object"] == "list"
     assert {"id": "openai/gpt-4o", "object": "model", "owned_by": "openai"} in models["data"]

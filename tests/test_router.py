@@ -265,8 +265,14 @@ def test_a_hanging_router_does_not_delay_requests(spawn_node: Any, router: FakeR
 # -- the client in-process --------------------------------------------------------------------
 
 
-def failures() -> float:
-    return REGISTRY.get_sample_value("mira_heartbeat_failures_total") or 0.0
+def failures(reason: str | None = None) -> float:
+    """``mira_heartbeat_failures_total``, over every reason or for one."""
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "mira_heartbeat_failures_total" and reason in (None, sample.labels.get("reason")):
+                total += sample.value
+    return total
 
 
 def router_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -334,3 +340,176 @@ def test_first_token_reads_the_shapes_a_router_may_answer() -> None:
     assert first_token({"data": [{"description": "x"}, {"api_token": "b"}]}) == "b"
     assert first_token({"api_token": "c"}) == "c"
     assert first_token([]) == first_token({}) == first_token(None) == first_token({"tokens": "x"}) == ""
+
+
+# -- the real router's protocol (SPEC "Router: registration and liveness") --------------------------------
+
+
+def get_json(port: int, path: str) -> tuple[int, dict[str, str], Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def health_router(port: int) -> str:
+    return get_json(port, "/health")[2]["router"]
+
+
+def scraped_failures(port: int, reason: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    pattern = r"^mira_heartbeat_failures_total\{reason=\"" + re.escape(reason) + r"\"\} (\S+)$"
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_null_lookup_means_not_registered(spawn_node: Any, router: FakeRouter) -> None:
+    router.null_lookup = True  # the real router answers an unknown machine with 200 null
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, MACHINE_NAME="node-null"))
+    assert router.wait_for(lambda r: len(r.beats()) >= 1 and r.beats()[0].status == 200)
+    node.stop()
+    admin = router.admin_calls()
+    assert [(c.path, c.status) for c in admin[:2]] == [(f"/admin/machines/{IP}", 200), ("/admin/machines/register", 200)]
+    assert admin[1].json["name"] == "node-null"
+    assert "Traceback" not in node.output
+
+
+def test_registration_carries_the_traffic_weight_and_models_when_set(spawn_node: Any, router: FakeRouter) -> None:
+    env = router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, TRAFFIC_WEIGHT="0.25",
+                     ROUTER_MODELS="openai/gpt-4o, openrouter/meta-llama/llama-3.3-70b-instruct")
+    node = spawn_node(env)
+    assert router.wait_for(lambda r: len(r.beats()) >= 1)
+    node.stop()
+    body = router.registrations()[0].json
+    assert body["traffic_weight"] == 0.25
+    assert body["supported_models"] == ["openai/gpt-4o", "openrouter/meta-llama/llama-3.3-70b-instruct"]
+    router.reset()
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 1)
+    node.stop()
+    assert "traffic_weight" not in router.registrations()[0].json
+    assert "supported_models" not in router.registrations()[0].json
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("LIVENESS_INTERVAL", "12", "12"),
+    ("TRAFFIC_WEIGHT", "1.5", "between 0 and 1"),
+])
+def test_settings_the_router_cannot_use_stop_start_up(
+    spawn_node: Any, router: FakeRouter, variable: str, value: str, words: str
+) -> None:
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN, **{variable: value}), ready=False)
+    assert node.wait() == 2
+    assert variable in node.output and words in node.output
+    assert router.calls == []
+
+
+def test_health_says_whether_the_heartbeats_go_through(spawn_node: Any, router: FakeRouter) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN))
+    assert router.wait_for(lambda r: any(b.status == 200 for b in r.beats()))
+    assert health_router(node.port) == "live"
+    router.beat_status = 503
+    count = len(router.beats())
+    assert router.wait_for(lambda r: len(r.beats()) >= count + 2)
+    assert health_router(node.port) == "failing"
+    assert get_json(node.port, "/health")[0] == 200
+    assert scraped_failures(node.port, "status_503") >= 1
+    node.stop()
+
+
+def test_a_node_that_registered_itself_registers_again_on_401_then_waits_a_minute(
+    spawn_node: Any, router: FakeRouter
+) -> None:
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, MACHINE_NAME="node-again"))
+    assert router.wait_for(lambda r: any(b.status == 200 for b in r.beats()))
+    (first,) = router.tokens_of(IP)
+    router.forget(IP)  # the router lost the machine: its token is refused with 401
+    assert router.wait_for(lambda r: len(r.registrations()) == 2)
+    assert router.wait_for(lambda r: r.beats()[-1].status == 200 and r.tokens_of(IP) != [])
+    (second,) = router.tokens_of(IP)
+    assert second != first
+    assert router.beats()[-1].authorization == f"Bearer {second}"  # it carries on with the new token
+    assert health_router(node.port) == "live"
+    assert scraped_failures(node.port, "status_401") >= 1
+    # Refused again: no second registration within the minute, only failing beats.
+    router.beat_status = 404
+    count = len(router.beats())
+    assert router.wait_for(lambda r: len(r.beats()) >= count + 4)
+    assert len(router.registrations()) == 2
+    assert health_router(node.port) == "failing"
+    node.stop()
+    assert node.output.count("registering with the router again") == 1
+    assert_no_secret(node.output, ADMIN_TOKEN, first, second)
+
+
+@pytest.mark.parametrize("status, advice", [(401, "MACHINE_API_TOKEN"), (403, "MACHINE_IP"), (404, "register it")])
+def test_a_refused_heartbeat_is_logged_with_what_to_do_once_a_minute(
+    spawn_node: Any, router: FakeRouter, status: int, advice: str
+) -> None:
+    router.add_machine(IP, "given", [MACHINE_TOKEN])
+    router.beat_status = status
+    node = spawn_node(router_env(router, MACHINE_API_TOKEN=MACHINE_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 4)
+    assert scraped_failures(node.port, f"status_{status}") >= 3
+    node.stop()
+    refusals = [line for line in node.output.splitlines() if f"heartbeat refused (HTTP {status}" in line]
+    assert len(refusals) == 1 and advice in refusals[0]
+    assert router.registrations() == []  # no admin token: it cannot register
+    assert_no_secret(node.output, MACHINE_TOKEN)
+
+
+def test_a_403_is_not_cured_by_registering_again(spawn_node: Any, router: FakeRouter) -> None:
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN))
+    assert router.wait_for(lambda r: any(b.status == 200 for b in r.beats()))
+    router.beat_status = 403
+    count = len(router.beats())
+    assert router.wait_for(lambda r: len(r.beats()) >= count + 3)
+    node.stop()
+    assert len(router.registrations()) == 1
+    assert "heartbeat refused (HTTP 403" in node.output
+
+
+def test_answers_carry_the_machine_name_when_it_is_known(spawn_node: Any, router: FakeRouter) -> None:
+    router.add_machine(IP, "router-given-name", [])
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN))
+    assert router.wait_for(lambda r: len(r.beats()) >= 1)
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    assert response.getheader("X-Machine-Name") == "router-given-name"
+    assert get_json(node.port, "/health")[1].get("X-Machine-Name") is None  # only chat, verify, eval, proxied
+    node.stop()
+    node = spawn_node({"MACHINE_NAME": "standalone-name"})
+    status, _ = post_chat(node.port)
+    assert status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"Content-Type": "application/json"})
+    assert conn.getresponse().getheader("X-Machine-Name") == "standalone-name"
+    conn.close()
+
+
+def test_every_worker_reports_the_router_state_and_name(spawn_node: Any, router: FakeRouter) -> None:
+    node = spawn_node(router_env(router, ADMIN_API_TOKEN=ADMIN_TOKEN, MACHINE_NAME="", WORKERS="2"))
+    assert router.wait_for(lambda r: any(b.status == 200 for b in r.beats()))
+    name = router.registrations()[0].json["name"]
+    seen = set()
+    for _ in range(20):  # new connections: the kernel spreads them over both workers
+        conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        seen.add((response.getheader("X-Machine-Name"), health_router(node.port)))
+    node.stop()
+    assert seen == {(name, "live")}

@@ -10,8 +10,10 @@ import ujson
 from config import ConfigError, Settings
 from utils import metrics
 from utils.deadlines import Deadlines
+from utils.gate import ClientGate
 from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
+from utils.router import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
 from utils.upstream.routing import Route, Routing
 from utils.upstream.usage import Usage
@@ -34,11 +36,14 @@ class NodeContext:
     Build it inside the running IOLoop (the curl client binds to it).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, router_status: RouterStatus | None = None) -> None:
         self.settings = settings
+        # The router state and machine name (shared by the workers: made before they fork).
+        self.router_status = router_status or RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
         self.redactor = PROCESS_REDACTOR  # one per process: the log filter masks what this one knows
         for secret in settings.secrets():
             self.redactor.add(secret)
+        self.gate = ClientGate(settings)
         self.registry = ProviderRegistry(settings)
         self.routing = Routing(settings, self.registry)
         self.models = load_models(settings.supported_models_file)

@@ -183,6 +183,7 @@ def log_request(handler: Any) -> None:
         provider = escape_control(PROCESS_REDACTOR(provider))
     fields = {
         "request_id": getattr(handler, "request_id", ""),  # vetted by the base handler
+        "client": request.remote_ip,  # the peer, or the client behind a trusted proxy (utils.gate)
         "method": request.method,
         "path": path,
         "status": status,
@@ -198,7 +199,7 @@ def log_request(handler: Any) -> None:
         fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
         tokens = f" tokens={usage.prompt}/{usage.completion}"
     message = (
-        f"{fields['request_id']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
+        f"{fields['request_id']} {fields['client']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
         f" provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'} bytes={fields['stream_bytes']}"
         f" aborted={'yes' if fields['client_aborted'] else 'no'}{tokens}"
     )

@@ -35,7 +35,9 @@ UPSTREAM_TTFB = Histogram(
 )
 UPSTREAM_RETRIES = Counter("mira_upstream_retries", "Upstream retries by provider", ["provider"])
 STREAMS = Counter("mira_streams", "Streams by event: opened, completed, client_aborted, upstream_failed", ["event"])
-HEARTBEAT_FAILURES = Counter("mira_heartbeat_failures", "Liveness heartbeats that failed")
+HEARTBEAT_FAILURES = Counter(
+    "mira_heartbeat_failures", "Liveness heartbeats that failed, by reason: status_NNN, timeout, connection", ["reason"]
+)
 PROVIDER_UP = Gauge("mira_provider_up", "1 unless the provider's circuit is open", ["provider"], multiprocess_mode="min")
 FALLBACKS = Counter("mira_fallbacks", "Switches from a failing provider to the next fallback", ["from", "to"])
 TOKENS = Counter("mira_tokens", "Tokens upstream answers reported, by provider, model and kind", ["provider", "model", "kind"])

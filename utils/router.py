@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import secrets
 import string
 import time
@@ -41,8 +42,60 @@ REGISTER_TIMEOUT = 10.0  # seconds for one registration call
 REGISTER_CONNECT_TIMEOUT = 5.0
 MAX_BEAT_TIMEOUT = 10.0  # a heartbeat gets half the interval, at most this
 FAILURE_SUMMARY_INTERVAL = 60.0  # seconds between "still failing" lines
+REREGISTER_INTERVAL = 60.0  # at most one registration again per this many seconds (heartbeat 401 or 404)
+REFUSAL_LOG_INTERVAL = 60.0  # at most one "the router refused the heartbeat" error per this many seconds
+_CURL_TIMED_OUT = 28  # libcurl's CURLE_OPERATION_TIMEDOUT
 NAME_ALPHABET = string.ascii_lowercase + string.digits
 MAX_DETAIL = 200  # characters of a router error body shown in a message
+
+
+class RouterStatus:
+    """The router state and machine name, one copy for every worker of the node.
+
+    An anonymous shared memory page made before the workers are forked: the
+    worker that talks to the router writes it, every worker's ``/health`` and
+    ``X-Machine-Name`` read it. Byte 0 is the state, byte 1 a generation that
+    moves when the name changes (readers re-read the name only then), byte 2
+    the name's length, then the name (ASCII, at most 253 bytes).
+    """
+
+    STATES = ("standalone", "live", "failing")
+    MAX_NAME = 253
+
+    def __init__(self, routed: bool, name: str = "") -> None:
+        self._mem = mmap.mmap(-1, 256)
+        self._mem[0] = 2 if routed else 0  # in router mode: failing until a heartbeat is accepted
+        self._seen = -1
+        self._name = ""
+        if name:
+            self.set_name(name)
+
+    @property
+    def state(self) -> str:
+        return self.STATES[self._mem[0]]
+
+    def set_state(self, state: str) -> None:
+        self._mem[0] = self.STATES.index(state)
+
+    @property
+    def name(self) -> str:
+        """The machine name ("" while unknown); cheap to read on every answer."""
+        mem = self._mem
+        if mem[1] != self._seen:
+            self._seen = mem[1]
+            self._name = mem[3 : 3 + mem[2]].decode("ascii")
+        return self._name
+
+    def set_name(self, name: str) -> None:
+        """Publish a name; one that cannot be a header value (not printable ASCII, too long) is not shown."""
+        if not (name.isascii() and name.isprintable() and 0 < len(name) <= self.MAX_NAME):
+            return
+        data = name.encode("ascii")
+        mem = self._mem
+        mem[2] = 0
+        mem[3 : 3 + len(data)] = data
+        mem[2] = len(data)
+        mem[1] = (mem[1] + 1) % 256
 
 
 class RouterError(Exception):
@@ -77,6 +130,7 @@ class Reply:
     status: int
     body: bytes = b""
     error: str = ""
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -89,6 +143,13 @@ class Reply:
 
     def describe(self) -> str:
         return self.error if self.status == 599 else f"HTTP {self.status}"
+
+    @property
+    def reason(self) -> str:
+        """The ``reason`` label of ``mira_heartbeat_failures_total``: ``status_NNN``, ``timeout`` or ``connection``."""
+        if self.status != 599:
+            return f"status_{self.status}"
+        return "timeout" if self.timed_out else "connection"
 
     def json(self) -> Any:
         """The body as JSON, ``None`` when it is not."""
@@ -117,6 +178,7 @@ class RouterClient:
         http: CurlAsyncHTTPClient,
         machine_ip: str,
         redactor: Redactor | None = None,
+        status: RouterStatus | None = None,
     ) -> None:
         self.base_url = settings.router_base_url.rstrip("/")
         self.http = http
@@ -126,6 +188,9 @@ class RouterClient:
         self.retry_backoff = settings.router_retry_backoff
         self.summary_interval = FAILURE_SUMMARY_INTERVAL
         self.name = settings.machine_name
+        self.status = status or RouterStatus(routed=True, name=self.name)
+        self.traffic_weight = settings.traffic_weight
+        self.router_models = list(settings.router_models)
         self.version = settings.version
         self.ca_bundle = settings.upstream_ca_bundle or None  # the router is verified like the providers
         self.redact = redactor or PROCESS_REDACTOR
@@ -135,6 +200,8 @@ class RouterClient:
         self._transfers: set[Transfer] = set()  # calls in flight
         self._failures = 0  # consecutive failed heartbeats
         self._last_failure_log = 0.0
+        self._last_registration = -REREGISTER_INTERVAL  # monotonic time of the last registration from a heartbeat
+        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
         self.redact.add(self._admin_token)
         self.redact.add(self._machine_token)
 
@@ -185,7 +252,7 @@ class RouterClient:
             await asyncio.wait((future,), timeout=timeout)
             if not future.done() and not transfer.started:
                 transfer.abort()
-                return Reply(599, error="no free connection slot in time")
+                return Reply(599, error="no free connection slot in time", timed_out=True)
             if not future.done():  # running: libcurl's own timeouts end it
                 await asyncio.wait((future,))
             response = future.result()
@@ -194,7 +261,7 @@ class RouterClient:
             raise
         except Exception as exc:  # CurlError: refused, reset, timed out
             message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
-            return Reply(599, error=self.redact(message))
+            return Reply(599, error=self.redact(message), timed_out=getattr(exc, "errno", None) == _CURL_TIMED_OUT)
         finally:
             transfer.finish()
         return Reply(response.code, response.body or b"")
@@ -215,6 +282,7 @@ class RouterClient:
         """
         if not self._admin_token:
             raise RouterError("router registration needs ADMIN_API_TOKEN (or set MACHINE_API_TOKEN)")
+        # The real router answers an unknown machine with 200 and a JSON null; older ones with 404.
         found = await self._admin("GET", self._machine_url, "look up this machine", accept=(404,))
         existing = found.json() if found.status != 404 else None
         if isinstance(existing, dict) and isinstance(existing.get("name"), str) and existing["name"]:
@@ -226,6 +294,10 @@ class RouterClient:
             "description": f"Mira service node {self.version}",
             "disabled": False,
         }
+        if self.traffic_weight is not None:
+            registration["traffic_weight"] = self.traffic_weight
+        if self.router_models:
+            registration["supported_models"] = self.router_models
         await self._admin("POST", f"{self.base_url}/admin/machines/register", "register this machine", registration, (409,))
         listed = await self._admin("GET", f"{self._machine_url}/auth-tokens", "list machine tokens", accept=(404,))
         token = first_token(listed.json()) if listed.ok else ""
@@ -239,6 +311,7 @@ class RouterClient:
                 raise RouterError(f"router registration failed: creating a machine token at {self.base_url} gave no api_token")
         self._machine_token = token
         self.redact.add(token)
+        self.status.set_name(self.name)
         log.info(
             "registered with the router as %s (ip %s); %s machine token %s",
             self.name, self.machine_ip, "reusing" if reused else "created", tail(token),
@@ -311,22 +384,57 @@ class RouterClient:
             await asyncio.sleep(next_at - loop.time())
 
     async def beat(self) -> bool:
-        """Send one heartbeat; count and log (rate-limited) a failure. True when accepted."""
+        """Send one heartbeat; count and log (rate-limited) a failure, act on a refusal. True when accepted."""
         reply = await self._call("POST", self.liveness_url, self._machine_token, timeout=self.beat_timeout)
         if reply.ok:
             self._beat_ok()
+            return True
+        metrics.HEARTBEAT_FAILURES.labels(reply.reason).inc()
+        self.status.set_state("failing")
+        if reply.status in (401, 403, 404):
+            await self._refused(reply.status)
         else:
             self._beat_failed(reply.describe())
-        return reply.ok
+        return False
 
     def _beat_ok(self) -> None:
         if self._failures:
             log.info("heartbeats recovered after %d failed", self._failures)
         self._failures = 0
+        self.status.set_state("live")
+
+    async def _refused(self, status: int) -> None:
+        """The router refused a heartbeat: register again (401, 404, with the admin token), else say what to do.
+
+        401: the token is refused or the machine disabled; 403: the token is not
+        this IP's; 404: the router does not know this machine (any more).
+        """
+        self._failures += 1
+        now = time.monotonic()
+        if status in (401, 404) and self._admin_token:
+            if now - self._last_registration < REREGISTER_INTERVAL:
+                return  # registered again less than a minute ago: the next try waits
+            self._last_registration = now
+            log.warning("heartbeat refused (HTTP %d): registering with the router again", status)
+            try:
+                await self.register()
+            except RouterError as exc:
+                log.error("registering again failed: %s", exc)
+            return
+        if now - self._last_refusal_log < REFUSAL_LOG_INTERVAL:
+            return
+        self._last_refusal_log = now
+        advice = {
+            401: "the router refused MACHINE_API_TOKEN or the machine is disabled: issue a new machine token"
+            " (or set ADMIN_API_TOKEN so the node registers itself) and check the machine is enabled",
+            403: f"MACHINE_API_TOKEN belongs to another machine than {self.machine_ip}: check MACHINE_IP and the token",
+            404: f"the router does not know machine {self.machine_ip}: register it (or set ADMIN_API_TOKEN so the node"
+            " registers itself) and check MACHINE_IP",
+        }[status]
+        log.error("heartbeat refused (HTTP %d, %d in a row): %s", status, self._failures, advice)
 
     def _beat_failed(self, reason: str) -> None:
         """Log the first failure, then a summary at most every ``summary_interval`` seconds."""
-        metrics.HEARTBEAT_FAILURES.inc()
         self._failures += 1
         now = time.monotonic()
         if self._failures == 1:

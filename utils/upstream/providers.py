@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings
-from models.chat import ChatRequest
+from models.chat import ChatRequest, ProviderNames
 from models.endpoints import CHAT, ENDPOINTS
 from models.jsonbody import json_bytes
 from utils.upstream.transport import header_lines
@@ -34,6 +34,7 @@ class ProviderRegistry:
             name: {e.path: self.make_target(name, p.base_url, p.api_key, path=e.path) for e in ENDPOINTS}
             for name, p in settings.providers.items()
         }
+        self.routable = ProviderNames(self._targets, settings.default_provider)  # what requests' models are split by
         self._openrouter_ignore = list(settings.openrouter_ignored_providers)
         self._guard_custom = not settings.custom_provider_allow_private
         self.stream_usage = settings.stream_usage

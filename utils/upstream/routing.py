@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from time import monotonic
 from typing import NamedTuple
@@ -108,7 +108,7 @@ def provider_unavailable(circuit: Circuit) -> ApiError:
     )
 
 
-def load_fallbacks(path: str, providers: list[str]) -> dict[str, list[Fallback]]:
+def load_fallbacks(path: str, providers: Collection[str]) -> dict[str, list[Fallback]]:
     """MODEL_FALLBACKS_FILE: ``{model id: [model ids]}``, every id routable; ConfigError otherwise."""
     if not path:
         return {}
@@ -134,7 +134,7 @@ class Routing:
 
     def __init__(self, settings: Settings, registry: ProviderRegistry) -> None:
         self.registry = registry
-        self.fallbacks = load_fallbacks(settings.model_fallbacks_file, registry.names)
+        self.fallbacks = load_fallbacks(settings.model_fallbacks_file, registry.routable)
         self.circuits: dict[str, Circuit] = {}
         if settings.circuit_failures > 0:
             for name in registry.names:

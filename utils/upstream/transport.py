@@ -309,6 +309,7 @@ class _Handle:
                 self.headers["Content-Type"] = raw[13:].decode("latin-1").strip()
             elif lower.startswith(b"retry-after:"):
                 self.headers["Retry-After"] = raw[12:].decode("latin-1").strip()
+        return None
 
     def write(self, chunk: bytes) -> int | None:
         if self.stream is not None:
