@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-hostile clean fuzz docker-base docker-build docker-run docker-test
+.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-rounds bench-hostile clean fuzz docker-base docker-build docker-run docker-test
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ typecheck: $(STAMP)  ## mypy (configured in pyproject.toml)
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
-# The benchmark's own tools (matplotlib for the chart) go into .venv on top of the test set; `make test` does not need them.
+# The benchmark's own tools, on top of the test set (at present none beyond it: matplotlib is in requirements-dev.txt).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): requirements-bench.txt $(STAMP)
@@ -47,6 +47,9 @@ bench: $(BENCH_STAMP)  ## benchmark the node against a fast mock upstream (insta
 
 bench-quick: $(BENCH_STAMP)  ## the same in under a minute: fewer requests, 1,000 streams at most
 	$(PY) bench/run.py --quick
+
+bench-rounds: $(BENCH_STAMP)  ## only the alternated JSON rounds: CPU per request of the node, its variants and the floors
+	$(PY) bench/run.py --rounds-only
 
 bench-hostile: $(STAMP)  ## what huge and hostile request bodies cost the node (memory, event-loop stalls)
 	$(PY) bench/hostile.py

@@ -29,7 +29,16 @@ from load import (
     stream_alone,
     stream_rounds,
 )
-from plan import FD_RESERVE, JSON_CONNECTIONS, STREAM_CHUNKS, STREAM_INTERVAL_MS, STREAMS_AT_ONCE, Plan, log
+from plan import (
+    FD_RESERVE,
+    JSON_CONNECTIONS,
+    NODE_VARIANTS,
+    STREAM_CHUNKS,
+    STREAM_INTERVAL_MS,
+    STREAMS_AT_ONCE,
+    Plan,
+    log,
+)
 from procs import Processes, Service, start_bare, start_floor, start_node, start_upstream
 from readings import rss_mb
 
@@ -74,7 +83,7 @@ class Bench:
             log(f"{name} FAILED: {exc}")
             return None
 
-    async def run(self) -> Measurements:
+    async def run(self, rounds_only: bool = False) -> Measurements:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
@@ -83,6 +92,9 @@ class Bench:
         log(f"upstream on port {upstream.port} (pid {upstream.pid})")
         # Throughput figures first: the held streams of the later phases leave the upstream busy for a while.
         await self.cpu_comparison(upstream)
+        if rounds_only:
+            self.m.seconds = time.monotonic() - started
+            return self.m
         await self.direct(upstream)
         await self.through_node(upstream)
         for count in self.plan.holds[1:]:
@@ -152,6 +164,8 @@ class Bench:
             "workers": await start_node(procs, upstream, JSON_CONNECTIONS + 50, workers=0),
             "bare": await start_bare(procs),
         }
+        for name, (_, extra) in NODE_VARIANTS.items():
+            servers[name] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, extra=extra)
         for client in ("tornado", "node"):
             servers[f"floor-{client}"] = await start_floor(procs, upstream, client)
         rounds: dict[str, list[JsonResult]] = {name: [] for name in servers}
@@ -170,7 +184,7 @@ class Bench:
             "JSON bursts, bare Tornado handler", lambda: json_bursts(servers["bare"].port, plan.stream_rounds)
         )
         for name, server in servers.items():
-            if name in ("node", "workers"):
+            if name in ("node", "workers", *NODE_VARIANTS):
                 self.stop_node(server)
             else:
                 procs.stop(server.child)

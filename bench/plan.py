@@ -38,7 +38,7 @@ class Plan:
     abort_trials: int
     holds: tuple[int, ...]
     hold_window: float
-    cpu_rounds: int  # alternated JSON rounds (node, WORKERS=0 node, bare handler, floors)
+    cpu_rounds: int  # alternated JSON rounds (node, its variants, WORKERS=0 node, bare handler, floors)
     cpu_seconds: int  # wrk seconds per server per round
 
 
@@ -63,3 +63,11 @@ FULL = Plan(
 def log(message: str) -> None:
     """Progress on stderr (the table goes to stdout)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# Nodes that differ from the plain one by a feature a request may or may not use, measured in the same
+# alternated JSON rounds: name -> (label, the settings that turn the feature on).
+GATE_LIST = ", ".join([f"198.51.100.{i}" for i in range(1, 25)] + [f"2001:db8::{i:x}" for i in range(1, 26)] + ["127.0.0.0/8"])
+NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "gated": ("node with ALLOWED_CLIENTS (50 entries)", {"ALLOWED_CLIENTS": GATE_LIST}),
+}

@@ -109,7 +109,7 @@ async def start_upstream(procs: Processes) -> Service:
     return await start_script(procs, "upstream", "upstream.py", 1)
 
 
-def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]:
+def node_env(upstream_port: int, limit: int, workers: int = 1, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every feature in place as in production: validation, usage accounting, metrics, an access line at INFO."""
     env = {k: v for k, v in os.environ.items() if k not in node_variables()}
     env.update(
@@ -126,6 +126,7 @@ def node_env(upstream_port: int, limit: int, workers: int = 1) -> dict[str, str]
         SHUTDOWN_TIMEOUT="2",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra or {})
     return env
 
 
@@ -150,14 +151,16 @@ async def start_floor(procs: Processes, upstream: Service, client: str) -> Servi
     return await start_script(procs, f"floor-{client}", "floor.py", 0, "--upstream", upstream_url, "--client", client)
 
 
-async def start_node(procs: Processes, upstream: Service, limit: int, workers: int = 1) -> Service:
+async def start_node(
+    procs: Processes, upstream: Service, limit: int, workers: int = 1, extra: dict[str, str] | None = None
+) -> Service:
     """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
 
     With ``workers`` other than 1 the node's processes may run on both cores (this script itself is pinned to
     CPU 1, and a child started without taskset would inherit that).
     """
     argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, "server.py"]
-    node = Service("node", procs.start("node", argv, node_env(upstream.port, limit, workers)), 0)
+    node = Service("node", procs.start("node", argv, node_env(upstream.port, limit, workers, extra)), 0)
     await wait_listening(node, 30)
     status, body = await get_json(HOST, node.port, "/health", timeout=10)
     if status != 200:

@@ -21,6 +21,7 @@ from plan import (
     FD_RESERVE,
     HOLD_INTERVAL_MS,
     JSON_CONNECTIONS,
+    NODE_VARIANTS,
     PACED_EVENTS,
     PACED_INTERVAL_MS,
     RELAY_EVENTS,
@@ -133,6 +134,9 @@ def json_rows(m: Measurements) -> list[Row]:
                 " µs",
             )
         )
+    for name, (label, _) in NODE_VARIANTS.items():
+        rows.append(ratio_row(f"CPU per JSON request: {label} / node, {rounds}", (medians.get(name), "node", node), " µs",
+                              target="within noise"))
     rps = {name: percentile([r.rps for r in results], 50) for name, results in m.rounds.items()}
     rps_w, rps_one = rps.get("workers"), rps.get("node")
     scale = rps_w / rps_one if rps_w is not None and rps_one else None
@@ -330,7 +334,8 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
         )
     if any(m.rounds.values()):
         labels = {"node": "node", "workers": "WORKERS=0 node", "bare": "bare handler",
-                  "floor-tornado": "proxy via Tornado's client", "floor-node": "proxy via the node's transport"}
+                  "floor-tornado": "proxy via Tornado's client", "floor-node": "proxy via the node's transport",
+                  **{name: label for name, (label, _) in NODE_VARIANTS.items()}}
         cpu = "; ".join(
             f"{labels.get(name, name)} {', '.join(fmt(r.cpu_us, digits=0) for r in results)}"
             for name, results in m.rounds.items()

@@ -42,6 +42,8 @@ from wrk import ensure_wrk
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark the node against a fast mock upstream.")
     parser.add_argument("--quick", action="store_true", help="fewer requests, 1,000 streams at most: under a minute")
+    parser.add_argument("--rounds-only", action="store_true",
+                        help="only the alternated JSON rounds (node, its variants, floors); printed, not saved")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     fd_limit = raise_fd_limit(4 * max(plan.holds) + 4096)
@@ -54,7 +56,7 @@ def main() -> int:
     when = datetime.now()
     log(f"{plan.name} run")
     try:
-        measurements = asyncio.run(Bench(plan, procs, use_wrk, fd_limit).run())
+        measurements = asyncio.run(Bench(plan, procs, use_wrk, fd_limit).run(rounds_only=args.rounds_only))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log(f"interrupted: every process stopped; their output is in {logdir}")
         return 130
@@ -66,7 +68,8 @@ def main() -> int:
     shutil.rmtree(logdir, ignore_errors=True)
     text = report(measurements, use_wrk, pinned, when)
     print(text)
-    save(text, measurements, when)
+    if not args.rounds_only:
+        save(text, measurements, when)
     return 0
 
 
