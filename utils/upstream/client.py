@@ -4,8 +4,8 @@ One :class:`UpstreamClient` per process, on one :class:`~utils.upstream.transpor
 (pooled keep-alive connections). JSON calls and streams go through the same
 attempt engine (:meth:`UpstreamClient._across`): an attempt either
 returns or raises a typed :class:`~utils.upstream.failures.UpstreamFailure`;
-a retryable one (a connection failure, 429/502/503/504) is tried again with
-back-off (an upstream ``Retry-After`` wins, up to 30 s), and what is left is
+what is retried, what falls back and what counts against a circuit is
+decided by :class:`~utils.upstream.policy.Policy`, and what is left is
 turned into the caller's ``ApiError`` in one place
 (:func:`~utils.upstream.failures.api_error`). A stream raises only while
 nothing has reached the client; after its first byte, how it ended is
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,7 +34,6 @@ from utils.redact import PROCESS_REDACTOR, Redactor
 from utils.upstream.failures import (
     SHUTDOWN,
     Cancelled,
-    Forbidden,
     InvalidStatus,
     QueueTimeout,
     TimedOut,
@@ -44,6 +42,7 @@ from utils.upstream.failures import (
     api_error,
 )
 from utils.upstream.guard import AddressGuard
+from utils.upstream.policy import Policy
 from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
 from utils.upstream.routing import Circuit, Route, provider_unavailable
@@ -52,19 +51,8 @@ from utils.upstream.usage import StreamUsage, Usage, read_usage
 
 log = logging.getLogger("mira.upstream")
 
-MAX_RETRY_AFTER = 30.0
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=(\"[\w .+/-]*\"|[\w.+/-]+))*$")
 T = TypeVar("T")
-
-
-FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))
-
-
-def falls_back(failure: UpstreamFailure) -> bool:
-    """Whether another provider could avoid ``failure``: not for the request itself (400, 413, 422)."""
-    if isinstance(failure, UpstreamStatus):
-        return failure.status in FALLBACK_STATUSES or failure.status >= 500
-    return not isinstance(failure, (Forbidden, QueueTimeout))
 
 
 def passable(status: int) -> bool:
@@ -166,9 +154,9 @@ class UpstreamClient:
         # headers, Authorization included: never let it run.
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
         self.settings = settings
+        self.policy = Policy(settings)
         self.redact = redactor
         self.transport = Transport(settings.upstream_max_connections, settings.upstream_ca_bundle)
-        self.http = self.transport.http  # the router client's public fetch() goes through the same pool
         self.loop = self.transport.loop
         self.circuit_of = circuit_of or (lambda target: None)
         self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage
@@ -238,17 +226,16 @@ class UpstreamClient:
     ) -> tuple[T, Route]:
         """Try each route in turn (skipping open circuits) until one answers; retry each as allowed.
 
-        An attempt either returns or raises an :class:`UpstreamFailure`. A
-        retryable one is tried again, up to UPSTREAM_RETRIES times, with
-        back-off; each attempt's outcome goes to the provider's circuit, and
-        once it opens the provider is not tried again. A failure another
-        provider could avoid then moves on to the next route; one that is the
-        request's own (400, 413, 422) ends the search. When every route
+        An attempt either returns or raises an :class:`UpstreamFailure`; the
+        policy says whether it is tried again (with back-off), whether it
+        counts against the provider's circuit (once that opens the provider is
+        not tried again), and whether the next route may avoid it; one that is
+        the request's own (400, 413, 422) ends the search. When every route
         fails, the primary's error is raised, with ``X-Mira-Model``.
         """
         first: ApiError | None = None
         previous: Route | None = None
-        retries = self.settings.upstream_retries
+        policy = self.policy
         for route in routes:
             target = route.target
             circuit = self.circuit_of(target)
@@ -263,14 +250,14 @@ class UpstreamClient:
                     try:
                         value = await attempt(route, cancel)
                     except UpstreamFailure as failure:
-                        if circuit is not None and failure.unhealthy:
+                        if circuit is not None and policy.counts_against_circuit(failure):
                             circuit.failure()
-                        if failure.retryable and tried < retries and (circuit is None or circuit.up):
+                        if policy.may_retry(failure, tried) and (circuit is None or circuit.up):
                             tried += 1
                             await self._pause_before_retry(target, failure, tried, cancel)
                             continue
                         error = api_error(failure, self.redact)
-                        if not falls_back(failure):
+                        if not policy.falls_back(failure):
                             if first is None:
                                 _name(error, route)
                             raise first or error from None
@@ -295,22 +282,13 @@ class UpstreamClient:
             retry_after, status = failure.retry_after, str(failure.status)
         else:
             retry_after, status = None, "connection"
-        delay = self._backoff(tried - 1, retry_after)
+        delay = self.policy.backoff(tried, retry_after)
         metrics.upstream_retry(target.label)
         log.info("retrying %s API (retry %d of %d) after %s in %.2fs", target.provider, tried,
                  self.settings.upstream_retries, status, delay)
         await asyncio.sleep(delay)
         if cancel is not None:
             cancel.check()
-
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
-            except ValueError:
-                pass
-        base = self.settings.retry_backoff * (2**attempt)
-        return base * (0.5 + random.random() / 2)
 
     # -- one attempt ----------------------------------------------------------------------
 

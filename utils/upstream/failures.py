@@ -1,10 +1,10 @@
 """Typed upstream failures, and the one place that turns each into the caller's OpenAI-shaped error.
 
 Everything that can go wrong in one attempt is an :class:`UpstreamFailure`
-subclass. Each says whether another attempt at the same provider may help
-(:attr:`~UpstreamFailure.retryable`) and whether it counts against the
-provider's health; :func:`api_error` is the single mapping to
-:class:`~models.errors.ApiError`, masking whatever text came from upstream.
+subclass: what happened, not what to do about it (retry, fall back, count
+against the circuit: :mod:`utils.upstream.policy` decides). :func:`api_error`
+is the single mapping to :class:`~models.errors.ApiError`, masking whatever
+text came from upstream.
 
 :class:`Cancelled` is not a failure of the upstream: the client went away, or
 the drain ran out of time. It is its own exception and never an ``ApiError``.
@@ -43,9 +43,6 @@ class Cancelled(Exception):
 class UpstreamFailure(Exception):
     """One attempt at a provider failed. ``provider`` names it in messages."""
 
-    retryable = False  # another attempt at the same provider may succeed
-    unhealthy = True  # counts against the provider's health (connection failure, timeout, 5xx)
-
     def __init__(self, provider: str, detail: str = "") -> None:
         super().__init__(detail or provider)
         self.provider = provider
@@ -55,33 +52,25 @@ class UpstreamFailure(Exception):
 class ConnectFailed(UpstreamFailure):
     """No connection could be made (refused, name not resolved, TLS handshake broke)."""
 
-    retryable = True
-
 
 class ConnectionLost(UpstreamFailure):
     """The connection broke before a whole answer came (a reset keep-alive connection, say)."""
 
-    retryable = True
-
 
 class TimedOut(UpstreamFailure):
-    """No answer (or, in a stream, silence) within the timeouts. Not retried: it would multiply the wait."""
+    """No answer (or, in a stream, silence) within the timeouts (not retried: it would multiply the wait)."""
 
 
 class TlsFailed(UpstreamFailure):
-    """The upstream's certificate failed verification. Not retried."""
+    """The upstream's certificate failed verification."""
 
 
 class QueueTimeout(UpstreamFailure):
     """No upstream connection slot became free in time; the request never reached the upstream."""
 
-    unhealthy = False
-
 
 class Forbidden(UpstreamFailure):
     """A custom provider's connection went to an internal address (the SSRF guard refused it)."""
-
-    unhealthy = False
 
 
 class InvalidStatus(UpstreamFailure):
@@ -96,7 +85,6 @@ class TransportError(UpstreamFailure):
     """Any other libcurl error; ``detail`` is libcurl's message."""
 
 
-RETRY_STATUSES = frozenset((429, 502, 503, 504))
 
 
 class UpstreamStatus(UpstreamFailure):
@@ -108,8 +96,6 @@ class UpstreamStatus(UpstreamFailure):
         self.body = body
         self.retry_after = retry_after
         self.api_key = api_key  # masked in the message too (a per-request key)
-        self.retryable = status in RETRY_STATUSES
-        self.unhealthy = status >= 500
 
 
 def retry_after_seconds(raw: str | None) -> str | None:

@@ -1,0 +1,116 @@
+"""The attempt policy: every decision an upstream attempt needs, in one place.
+
+The failure types of :mod:`utils.upstream.failures` say what happened; this
+module says what the node does about it. The attempt engine
+(:meth:`utils.upstream.client.UpstreamClient._across`) and the router client
+(:mod:`utils.router_client`) ask it, and nothing else decides:
+
+* :meth:`Policy.retryable`: another attempt at the same provider may succeed
+  (a connection failure, an upstream 429/502/503/504), up to UPSTREAM_RETRIES;
+* :meth:`Policy.falls_back`: another provider could avoid it (anything but the
+  request's own fault, 400/413/422, and the node's own refusals);
+* :meth:`Policy.counts_against_circuit`: the provider looks unhealthy
+  (connection failure, timeout, 5xx; not a 4xx, not a 429);
+* :meth:`Policy.backoff`: the pause before a retry (doubling, with jitter; an
+  upstream ``Retry-After`` wins, up to :data:`MAX_RETRY_AFTER`);
+* :func:`retrying`: the router client's registration calls, retried on
+  :func:`router_retryable` answers with the same doubling back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from config import Settings
+from utils.upstream.failures import ConnectFailed, ConnectionLost, Forbidden, QueueTimeout, UpstreamFailure, UpstreamStatus
+
+RETRY_STATUSES = frozenset((429, 502, 503, 504))  # an upstream answer worth another attempt at the same provider
+FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))  # 4xx another provider could avoid (and every 5xx)
+MAX_RETRY_AFTER = 30.0  # seconds: the longest upstream Retry-After the node waits before a retry
+RETRYABLE_FAILURES = (ConnectFailed, ConnectionLost)  # no answer, where a new connection may get one
+NODE_REFUSALS = (Forbidden, QueueTimeout)  # the node's own refusals: no provider is to blame
+REGISTER_ATTEMPTS = 5  # tries per router registration call
+
+T = TypeVar("T")
+log = logging.getLogger("mira.upstream")
+
+
+class Policy:
+    """What to do after a failed attempt, with the numbers of one node's settings."""
+
+    __slots__ = ("retries", "backoff_base")
+
+    def __init__(self, settings: Settings) -> None:
+        self.retries = settings.upstream_retries
+        self.backoff_base = settings.retry_backoff
+
+    @staticmethod
+    def retryable(failure: UpstreamFailure) -> bool:
+        """Whether another attempt at the same provider may succeed."""
+        if isinstance(failure, UpstreamStatus):
+            return failure.status in RETRY_STATUSES
+        return isinstance(failure, RETRYABLE_FAILURES)
+
+    @staticmethod
+    def falls_back(failure: UpstreamFailure) -> bool:
+        """Whether another provider could avoid ``failure``: not the request's own (400, 413, 422), not the node's."""
+        if isinstance(failure, UpstreamStatus):
+            return failure.status in FALLBACK_STATUSES or failure.status >= 500
+        return not isinstance(failure, NODE_REFUSALS)
+
+    @staticmethod
+    def counts_against_circuit(failure: UpstreamFailure) -> bool:
+        """Whether ``failure`` says the provider is unhealthy: connection failures, timeouts, 5xx."""
+        if isinstance(failure, UpstreamStatus):
+            return failure.status >= 500
+        return not isinstance(failure, NODE_REFUSALS)
+
+    def may_retry(self, failure: UpstreamFailure, tried: int) -> bool:
+        """Retry ``failure`` after ``tried`` retries of the same attempt?"""
+        return tried < self.retries and self.retryable(failure)
+
+    def backoff(self, tried: int, retry_after: str | None = None) -> float:
+        """Seconds before retry number ``tried`` (1, 2, ...): an upstream ``Retry-After`` wins, up to the cap."""
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
+            except ValueError:
+                pass
+        return doubling(self.backoff_base, tried) * (0.5 + random.random() / 2)
+
+
+def doubling(base: float, tried: int) -> float:
+    """``base`` for the first retry, doubling for each one after."""
+    return base * 2 ** (tried - 1)
+
+
+def router_retryable(status: int) -> bool:
+    """A router answer worth another attempt: none (599), a 429 or a 5xx."""
+    return status == 599 or status == 429 or status >= 500
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    again: Callable[[T], bool],
+    base: float,
+    on_retry: Callable[[T, int, float], None],
+    attempts: int = REGISTER_ATTEMPTS,
+) -> T:
+    """``call`` until ``again`` says its result is final, at most ``attempts`` times, with doubling pauses.
+
+    ``on_retry(result, attempt, delay)`` runs before each pause. The last
+    result is returned whatever it is: the caller decides what a failure means.
+    """
+    result = await call()
+    for attempt in range(1, attempts):
+        if not again(result):
+            break
+        delay = doubling(base, attempt)
+        on_retry(result, attempt, delay)
+        await asyncio.sleep(delay)
+        result = await call()
+    return result
