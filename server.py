@@ -70,7 +70,7 @@ class Node:
         self.router = None
         if settings.router_base_url and heartbeat:
             self.router = RouterClient(
-                settings, self.ctx.upstream.http, self.ctx.machine_ip, self.ctx.redactor, self.ctx.router_status
+                settings, self.ctx.upstream.transport, self.ctx.machine_ip, self.ctx.redactor, self.ctx.router_status
             )
         self.app = make_app(self.ctx)
         # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself. Tornado allocates and

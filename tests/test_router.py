@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from tornado.curl_httpclient import CurlAsyncHTTPClient
 
 from config import ConfigError, Settings, load_settings
 from tests.conftest import NODE_VARIABLES, SECRETS
@@ -28,6 +27,7 @@ from tests.fake_router import ADMIN_TOKEN, FakeRouter
 from tests.mock_upstream import Behavior, MockUpstream
 from utils.netinfo import detect_local_ip
 from utils.router import RouterClient, first_token
+from utils.upstream.transport import Transport
 
 IP = "10.1.2.3"
 MACHINE_TOKEN = "mt-SECRET-given-0042"
@@ -282,7 +282,7 @@ def router_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def make_client(router: FakeRouter, **settings: Any) -> RouterClient:
     values = {"router_base_url": router.base_url, "machine_api_token": MACHINE_TOKEN, "liveness_interval": 0.2}
     values.update(settings)
-    return RouterClient(Settings(**values), CurlAsyncHTTPClient(force_instance=True), IP)
+    return RouterClient(Settings(**values), Transport(10), IP)
 
 
 @pytest.mark.gen_test
@@ -312,7 +312,7 @@ async def test_failed_heartbeats_are_logged_rate_limited(router: FakeRouter, cap
         assert len(messages) == 3 and "still failing: 3 in a row" in messages[-1]
         assert not any(MACHINE_TOKEN in m for m in messages)
     finally:
-        client.http.close()
+        client.transport.close()
 
 
 @pytest.mark.gen_test
@@ -332,7 +332,7 @@ async def test_heartbeats_never_overlap_and_stop_at_once(router: FakeRouter) -> 
         assert failures() - before >= 2
         assert not client.beating
     finally:
-        client.http.close()
+        client.transport.close()
 
 
 def test_first_token_reads_the_shapes_a_router_may_answer() -> None:

@@ -43,13 +43,6 @@ def test_fetch_impl_takes_a_request_and_a_callback() -> None:
     )
 
 
-def test_curl_setup_request_keeps_its_signature() -> None:
-    assert parameters(CurlAsyncHTTPClient._curl_setup_request) == ["self", "curl", "request", "buffer", "headers"], (
-        f"{VERSION}: _curl_setup_request(curl, request, buffer, headers) changed; LeanCurlClient._start_request calls"
-        " it for every request that is not an UpstreamCall"
-    )
-
-
 def test_the_methods_the_lean_client_replaces_or_calls_exist() -> None:
     for name in ("_process_queue", "_curl_create", "_finish", "_finish_pending_requests", "_set_timeout",
                  "_handle_timeout", "_handle_socket", "handle_callback_exception"):
@@ -77,20 +70,6 @@ def test_finish_pending_requests_finishes_through_finish_then_refills() -> None:
     assert "self._finish(" in text and "self._process_queue()" in text, (
         f"{VERSION}: _finish_pending_requests no longer ends transfers with self._finish and starts queued ones with"
         " self._process_queue; LeanCurlClient overrides both"
-    )
-
-
-def test_finish_reads_the_info_dict_of_tornados_own_path() -> None:
-    text = source(CurlAsyncHTTPClient._finish)
-    for key in ('"headers"', '"buffer"', '"streaming_buffer"', '"body_too_large"', '"request"', '"callback"',
-                '"curl_start_ioloop_time"', '"queue_start_time"', '"curl_start_time"'):
-        assert key in text, (
-            f"{VERSION}: _finish no longer reads curl.info[{key}]; LeanCurlClient._start_request builds that dict"
-            " for the requests it leaves to Tornado"
-        )
-    assert "curl.reset()" in text and "self._free_list.append(curl)" in text, (
-        f"{VERSION}: _finish no longer resets a handle and returns it to _free_list; LeanCurlClient counts on Tornado's"
-        " path leaving a handle at libcurl's defaults"
     )
 
 

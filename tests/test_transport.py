@@ -69,8 +69,8 @@ async def test_one_handle_runs_every_kind_of_call_in_turn(transport: Transport, 
     again = await run(transport, call(upstream, chat()))
     assert again.code == 200, "the call after an abort on the same handle was aborted too"
 
-    # Tornado's own path (the router client's) takes the handle, then a lean call gets it back.
-    response = await transport.http.fetch(upstream.base_url + "/models", raise_error=False)
+    # A GET (the router client's lookups) takes the handle with a method of its own, then a POST gets it back.
+    response = await run(transport, UpstreamCall(upstream.base_url + "/models", None, LINES, 2, 5, Transfer()))
     assert response.code == 200
     reply = await run(transport, call(upstream, chat()))
     assert reply.code == 200 and ujson.loads(reply.body)["object"] == "chat.completion"

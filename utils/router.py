@@ -8,10 +8,11 @@ The mode is decided once, from the settings (see :func:`router_mode`):
   up, registers it (reusing its name), reuses its first machine token or
   creates one, then heartbeats use that token.
 
-Every call goes through the process's one shared curl client. Only
-``server.py`` holds a :class:`RouterClient`; handlers never see it. No token
-is ever logged (at most its last four characters, through
-:func:`utils.redact.tail`).
+Every call goes through the process's one :class:`~utils.upstream.transport.Transport`,
+like every provider call, and registration calls are retried as
+:mod:`utils.upstream.policy` says. Only ``server.py`` holds a
+:class:`RouterClient`; handlers never see it. No token is ever logged (at most
+its last four characters, through :func:`utils.redact.tail`).
 """
 
 from __future__ import annotations
@@ -27,17 +28,16 @@ from typing import Any
 from urllib.parse import quote
 
 import ujson
-from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPRequest
 
 from config import Settings
 from utils import metrics
 from utils.redact import PROCESS_REDACTOR, Redactor, tail
-from utils.upstream.transport import Transfer
+from utils.upstream.policy import REGISTER_ATTEMPTS, retrying, router_retryable
+from utils.upstream.transport import Reply as TransportReply
+from utils.upstream.transport import Transfer, Transport, UpstreamCall, header_lines
 
 log = logging.getLogger("mira.router")
 
-REGISTER_ATTEMPTS = 5  # tries per registration call on transient failures
 REGISTER_TIMEOUT = 10.0  # seconds for one registration call
 REGISTER_CONNECT_TIMEOUT = 5.0
 MAX_BEAT_TIMEOUT = 10.0  # a heartbeat gets half the interval, at most this
@@ -138,8 +138,8 @@ class Reply:
 
     @property
     def transient(self) -> bool:
-        """Worth another attempt: no answer, a 5xx or a 429."""
-        return self.status == 599 or self.status == 429 or self.status >= 500
+        """Worth another attempt (the policy's :func:`~utils.upstream.policy.router_retryable`)."""
+        return router_retryable(self.status)
 
     def describe(self) -> str:
         return self.error if self.status == 599 else f"HTTP {self.status}"
@@ -159,29 +159,23 @@ class Reply:
             return None
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Mark a fetch's outcome as seen, so a call given up on logs nothing."""
-    if not future.cancelled():
-        future.exception()
-
-
 class RouterClient:
     """Talks to the Mira router for one node: :meth:`register`, then heartbeats.
 
-    ``http`` is the shared curl client (``ctx.upstream.http``) and
-    ``machine_ip`` the address the router knows this node by.
+    ``transport`` is the process's one transport (``ctx.upstream.transport``)
+    and ``machine_ip`` the address the router knows this node by.
     """
 
     def __init__(
         self,
         settings: Settings,
-        http: CurlAsyncHTTPClient,
+        transport: Transport,
         machine_ip: str,
         redactor: Redactor | None = None,
         status: RouterStatus | None = None,
     ) -> None:
         self.base_url = settings.router_base_url.rstrip("/")
-        self.http = http
+        self.transport = transport
         self.machine_ip = machine_ip
         self.interval = settings.liveness_interval
         self.beat_timeout = min(self.interval / 2, MAX_BEAT_TIMEOUT)
@@ -192,7 +186,6 @@ class RouterClient:
         self.traffic_weight = settings.traffic_weight
         self.router_models = list(settings.router_models)
         self.version = settings.version
-        self.ca_bundle = settings.upstream_ca_bundle or None  # the router is verified like the providers
         self.redact = redactor or PROCESS_REDACTOR
         self._admin_token = settings.admin_api_token
         self._machine_token = settings.machine_api_token
@@ -227,44 +220,39 @@ class RouterClient:
         by about ``timeout``.
         """
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        body: bytes | None = None
+        body: bytes | None = None  # a GET
         if payload is not None:
             headers["Content-Type"] = "application/json"
             body = ujson.dumps(payload, escape_forward_slashes=False).encode()
         elif method == "POST":
             body = b""
         transfer = Transfer(self._transfers)
-        request = HTTPRequest(
-            url,
-            method=method,
-            headers=headers,
-            body=body,
-            connect_timeout=min(timeout, REGISTER_CONNECT_TIMEOUT),
-            request_timeout=timeout,
-            prepare_curl_callback=transfer.prepare,
-            ca_certs=self.ca_bundle,
-        )
-        # Never cancel tornado's future (it logs an error when its result comes late);
-        # wait on it instead, and let a late result be read by nobody, quietly.
-        future = self.http.fetch(request, raise_error=False)
-        future.add_done_callback(_consume)
+        call = UpstreamCall(url, body, header_lines(headers), min(timeout, REGISTER_CONNECT_TIMEOUT), timeout, transfer)
+        future: asyncio.Future[TransportReply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: TransportReply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.transport.start(call, done)
         try:
             await asyncio.wait((future,), timeout=timeout)
             if not future.done() and not transfer.started:
-                transfer.abort()
+                transfer.abort()  # refused when its turn comes
                 return Reply(599, error="no free connection slot in time", timed_out=True)
             if not future.done():  # running: libcurl's own timeouts end it
                 await asyncio.wait((future,))
-            response = future.result()
+            reply = future.result()
         except asyncio.CancelledError:
             transfer.abort()
             raise
-        except Exception as exc:  # CurlError: refused, reset, timed out
-            message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
-            return Reply(599, error=self.redact(message), timed_out=getattr(exc, "errno", None) == _CURL_TIMED_OUT)
         finally:
             transfer.finish()
-        return Reply(response.code, response.body or b"")
+        if reply.code == 599:  # a libcurl error: refused, reset, timed out
+            error = reply.error
+            message = getattr(error, "message", None) or str(error) or error.__class__.__name__
+            return Reply(599, error=self.redact(message), timed_out=getattr(error, "errno", None) == _CURL_TIMED_OUT)
+        return Reply(reply.code, reply.body)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -319,25 +307,28 @@ class RouterClient:
         return token
 
     async def _admin(self, method: str, url: str, what: str, payload: Any = None, accept: tuple[int, ...] = ()) -> Reply:
-        """An admin call, retried with exponential backoff on transient failures."""
-        for attempt in range(1, REGISTER_ATTEMPTS + 1):
-            reply = await self._call(method, url, self._admin_token, payload)
-            if reply.ok or reply.status in accept:
-                return reply
-            if not reply.transient:
-                raise RouterError(self._refusal(method, url, what, reply))
-            if attempt == REGISTER_ATTEMPTS:
-                raise RouterError(
-                    f"router registration failed: could not {what} ({method} {url}): {reply.describe()}"
-                    f" after {REGISTER_ATTEMPTS} attempts; check ROUTER_BASE_URL and that the router is up"
-                )
-            delay = self.retry_backoff * 2 ** (attempt - 1)
+        """An admin call, retried with doubling back-off on transient failures (the attempt policy's)."""
+
+        def settled(reply: Reply) -> bool:
+            return reply.ok or reply.status in accept or not reply.transient
+
+        def retry(reply: Reply, attempt: int, delay: float) -> None:
             log.warning(
                 "router registration: could not %s (%s); attempt %d of %d, retrying in %.2fs",
                 what, reply.describe(), attempt, REGISTER_ATTEMPTS, delay,
             )
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+
+        reply = await retrying(
+            lambda: self._call(method, url, self._admin_token, payload), lambda r: not settled(r), self.retry_backoff, retry
+        )
+        if reply.ok or reply.status in accept:
+            return reply
+        if not reply.transient:
+            raise RouterError(self._refusal(method, url, what, reply))
+        raise RouterError(
+            f"router registration failed: could not {what} ({method} {url}): {reply.describe()}"
+            f" after {REGISTER_ATTEMPTS} attempts; check ROUTER_BASE_URL and that the router is up"
+        )
 
     def _refusal(self, method: str, url: str, what: str, reply: Reply) -> str:
         """The operator's message for a router answer that no retry will change."""

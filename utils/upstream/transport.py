@@ -7,8 +7,8 @@ one call), :class:`Reply` (what a call came back with) and
 ``tornado.curl_httpclient`` used here (``fetch_impl``, ``_process_queue``,
 ``_finish``, ``_finish_pending_requests``, ``_set_timeout``,
 ``_handle_timeout``, ``_handle_socket``, ``_curl_create``, ``handle_callback_exception``,
-``_curl_setup_request``, ``_requests``, ``_free_list``, ``_curls``,
-``_multi``, ``_timeout``, ``curl.info``) are
+``_requests``, ``_free_list``, ``_curls``, ``_multi``, ``_timeout``,
+``curl.info``) are
 checked by ``tests/test_tornado_contract.py``, which says what changed when a
 Tornado upgrade breaks one of them.
 
@@ -17,10 +17,10 @@ A lean request path through Tornado's libcurl client. For every request,
 defaults proxy, a header copy, an ``HTTPHeaders`` and a ``BytesIO``; sets
 about thirty libcurl options and resets them all afterwards; reads eight
 timings back and builds an ``HTTPResponse``; and re-arms an IOLoop timeout
-three or four times. The node sends one kind of request (a JSON POST to a
-provider), so :class:`LeanCurlClient` runs an :class:`UpstreamCall` its own
-way, on the same multi handle, handle pool, queue and keep-alive
-connections:
+three or four times. The node sends few kinds of request (a JSON POST to a
+provider, the router client's GETs and POSTs), so :class:`LeanCurlClient`
+runs every one as an :class:`UpstreamCall`, its own way, on Tornado's multi
+handle, handle pool, queue and keep-alive connections:
 
 * each libcurl handle keeps its options from one call to the next; a call
   sets only what differs from the handle's last one (usually just the body),
@@ -41,22 +41,19 @@ connections:
   more than STREAM_BUFFER bytes wait), where Tornado makes an
   ``add_callback`` per stream.
 
-Any other request (the router client's) goes Tornado's ordinary way.
+Tornado's own request path (``fetch`` with an ``HTTPRequest``) is not served:
+every call is an :class:`UpstreamCall`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
-import time
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any
 
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
-from tornado.httpclient import HTTPRequest, HTTPResponse
-from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
 from utils.upstream.failures import (
@@ -94,7 +91,7 @@ _SOCKET_EVENTS = {
 
 
 class UpstreamCall:
-    """One POST to an upstream, as :class:`LeanCurlClient` runs it."""
+    """One call to an upstream, as :class:`LeanCurlClient` runs it: a POST of ``body``, or a GET when it is None."""
 
     __slots__ = (
         "url",
@@ -110,7 +107,7 @@ class UpstreamCall:
     def __init__(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         header_lines: list[bytes],
         connect_timeout: float,
         timeout: float,
@@ -388,6 +385,10 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             self._epoll.close()
             self._epoll = None
 
+    def fetch(self, request: Any, raise_error: bool = True, **kwargs: Any) -> Any:
+        """Tornado's own request path is not served here: start an :class:`UpstreamCall` with :meth:`Transport.start`."""
+        raise TypeError("LeanCurlClient runs UpstreamCall objects only (Transport.start), not Tornado's fetch()")
+
     def _curl_create(self) -> pycurl.Curl:
         curl = super()._curl_create()
         curl.lean = _Handle(self, curl)
@@ -417,11 +418,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
                 self._curls.append(curl)
             else:
                 return
-            request, callback, queued = requests.popleft()
-            if type(request) is UpstreamCall:
-                self._start_call(curl, request, callback)
-            else:
-                self._start_request(curl, request, callback, queued)
+            call, callback, _ = requests.popleft()  # only Transport.start queues here: an UpstreamCall
+            self._start_call(curl, call, callback)  # type: ignore[arg-type]
 
     def _start_call(self, curl: pycurl.Curl, call: UpstreamCall, callback: Callable[[Reply], None]) -> None:
         handle: _Handle = curl.lean
@@ -454,7 +452,11 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if call.timeout_ms != handle.timeout_ms:
             setopt(pycurl.TIMEOUT_MS, call.timeout_ms)
             handle.timeout_ms = call.timeout_ms
-        setopt(pycurl.POSTFIELDS, call.body)
+        if call.body is not None:
+            setopt(pycurl.POSTFIELDS, call.body)
+        else:
+            setopt(pycurl.HTTPGET, 1)  # a method of its own: the handle is reset after this call
+            handle.dirty = True
         if call.opensocket is not None:
             setopt(pycurl.OPENSOCKETFUNCTION, call.opensocket)
             handle.dirty = True
@@ -470,36 +472,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         curl.info = handle
         self._multi.add_handle(curl)
 
-    def _start_request(self, curl: pycurl.Curl, request: HTTPRequest, callback: Any, queued: float) -> None:
-        """Any other request, Tornado's way (it resets the handle when done)."""
-        if curl.lean.ready:
-            curl.reset()
-            curl.lean.ready = False
-        info = curl.info = {
-            "headers": HTTPHeaders(),
-            "buffer": BytesIO(),
-            "streaming_buffer": None,
-            "body_too_large": False,
-            "request": request,
-            "callback": callback,
-            "queue_start_time": queued,
-            "curl_start_time": time.time(),
-            "curl_start_ioloop_time": self.io_loop.time(),
-        }
-        try:
-            self._curl_setup_request(curl, request, info["buffer"], info["headers"])
-        except Exception as error:
-            curl.reset()
-            self._free_list.append(curl)
-            callback(HTTPResponse(request=request, code=599, error=error))
-        else:
-            self._multi.add_handle(curl)
-
     def _finish(self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None) -> None:
-        handle = curl.info
-        if type(handle) is not _Handle:
-            super()._finish(curl, curl_error, curl_message)
-            return
+        handle: _Handle = curl.info
         curl.info = None
         self._multi.remove_handle(curl)
         call, callback = handle.call, handle.callback
@@ -525,7 +499,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if handle.dirty:
             curl.reset()
             handle.ready = handle.dirty = False
-        elif call is not None and len(call.body) > KEEP_BODY:
+        elif call is not None and call.body is not None and len(call.body) > KEEP_BODY:
             curl.setopt(pycurl.POSTFIELDS, b"")
         handle.call = handle.callback = handle.stream = None
         handle.chunks, handle.size, handle.queued, handle.full = [], 0, False, False
