@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import time
 from typing import Any
 
 import ujson
@@ -271,7 +270,6 @@ class ApiHandler(BaseHandler):
             metrics.in_flight(-1)
 
     def prepare(self) -> None:
-        self._started = time.monotonic()
         gate = self.ctx.gate
         request = self.request
         if gate.proxied:

@@ -19,9 +19,13 @@ class ProxyHandler(ApiHandler):
     """Validate, pick the provider, relay the answer (JSON or SSE) as it comes."""
 
     endpoint: Endpoint = CHAT
-    route_name = "chat"
+    route_name = CHAT.route
     accept_body = True
     machine_ip_header = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.route_name = cls.endpoint.route  # the metrics and log name is the endpoint's
 
     async def post(self) -> None:
         if not self.body_received():
@@ -85,22 +89,18 @@ class ProxyHandler(ApiHandler):
 
 class ChatCompletionsHandler(ProxyHandler):
     endpoint = CHAT
-    route_name = "chat"
 
 
 class ResponsesHandler(ProxyHandler):
     endpoint = RESPONSES
-    route_name = "responses"
 
 
 class EmbeddingsHandler(ProxyHandler):
     endpoint = EMBEDDINGS
-    route_name = "embeddings"
 
 
 class CompletionsHandler(ProxyHandler):
     endpoint = COMPLETIONS
-    route_name = "completions"
 
 
 routes = [

@@ -119,11 +119,6 @@ class Redactor:
             self._known.add(secret)
             self._index.add(secret)
 
-    @property
-    def active(self) -> bool:
-        """Whether there is anything to mask."""
-        return bool(self._known)
-
     def found_in(self, text: str, *extra: str) -> bool:
         """Whether ``text`` holds a secret or a fragment of one."""
         return self(text, *extra) != text

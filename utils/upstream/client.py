@@ -193,11 +193,6 @@ class UpstreamClient:
             self.on_usage(route, response.usage)
         return response, route
 
-    async def stream(self, target: Target, body: bytes, sink: StreamSink, cancel: Cancel | None = None) -> StreamResult:
-        """Relay a streamed answer to ``sink`` chunk by chunk (see :meth:`stream_routes`)."""
-        result, _ = await self.stream_routes((Route("", target, body),), sink, cancel)
-        return result
-
     async def stream_routes(
         self, routes: Iterable[Route], sink: StreamSink, cancel: Cancel | None = None
     ) -> tuple[StreamResult, Route]:

@@ -36,7 +36,6 @@ class StreamResult:
     status: int = 200
     bytes_sent: int = 0
     chunks: int = 0
-    retries: int = 0
     outcome: str = "completed"  # completed | client_aborted | upstream_failed
     error: ApiError | None = None
     ttfb: float | None = None
