@@ -5,19 +5,35 @@ python-decouple: the process environment first, then a ``.env`` file in the
 working directory (or the file named by ``ENV_FILE``). Values are typed and
 checked; a bad one raises :class:`ConfigError` with a message that names the
 variable, and ``server.py`` turns that into a non-zero exit.
+
+Each setting is named once, as a row of the settings table: the fields of
+:class:`Settings` declared with :func:`setting` (the environment variable, the
+default, the cast that checks a value, the meaning shown in README's
+Configuration table; the attribute is the field's name), plus the rows of
+``ENV_FILE`` and of the providers (:data:`PROVIDER_DEFAULTS`). :data:`SETTINGS`
+lists them all; :func:`load_settings`, :data:`ENV_VARIABLES`, ``tools/demo.py``
+and the test that README's table agrees with it read that list. Adding a
+setting is one ``name: type = setting(...)`` line in :class:`Settings` (and its
+row in the README). The files SUPPORTED_MODELS_FILE and MODEL_FALLBACKS_FILE
+name are read and checked here too, into ``supported_models`` and
+``model_fallbacks``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import ujson
 from decouple import Config, RepositoryEmpty, RepositoryEnv
+
+from models.chat import Fallback, ProviderNames, split_model
+from models.errors import ApiError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = ROOT / "data" / "supported_models.json"
@@ -40,95 +56,14 @@ Network = IPv4Network | IPv6Network
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-# Every environment variable the node reads: tests, the benchmark and the demo clear or set these
-# (and only these), so a developer's own settings never leak into a run.
-ENV_VARIABLES: tuple[str, ...] = (
-    "ENV_FILE", "PORT", "HOST", "VERSION", "WORKERS",
-    "ROUTER_BASE_URL", "MACHINE_IP", "MACHINE_NAME", "ADMIN_API_TOKEN", "MACHINE_API_TOKEN",
-    "LIVENESS_INTERVAL", "ROUTER_RETRY_BACKOFF", "SUPPORTED_MODELS_FILE", "SERVICE_API_KEY",
-    "ALLOW_CUSTOM_PROVIDERS", "CUSTOM_PROVIDER_ALLOW_PRIVATE", "MAX_BODY_SIZE", "MAX_CONCURRENT_REQUESTS",
-    "REQUEST_BODY_TIMEOUT", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT", "UPSTREAM_RETRIES",
-    "UPSTREAM_RETRY_BACKOFF", "UPSTREAM_MAX_CONNECTIONS", "UPSTREAM_QUEUE_TIMEOUT", "EVAL_CONCURRENCY",
-    "EVAL_MAX_ROWS", "VERIFY_DEFAULT_MODEL", "SHUTDOWN_TIMEOUT", "CORS_ORIGINS", "LOG_LEVEL", "LOG_FORMAT",
-    "OPENROUTER_IGNORED_PROVIDERS", "MODEL_FALLBACKS_FILE", "CIRCUIT_FAILURES", "CIRCUIT_COOLDOWN",
-    "UPSTREAM_CA_BUNDLE", "STREAM_USAGE", "ALLOWED_CLIENTS", "TRUSTED_PROXIES", "DEFAULT_PROVIDER",
-    "TRAFFIC_WEIGHT", "ROUTER_MODELS",
-) + tuple(var for url_var, _, key_var in PROVIDER_DEFAULTS.values() for var in (url_var, key_var))
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration variable has a value the node cannot run with."""
 
 
-@dataclass(frozen=True)
-class ProviderSettings:
-    """Where one provider lives and the key it is called with (may be empty)."""
-
-    name: str
-    base_url: str
-    api_key: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """All settings of one node process. Build it with :func:`load_settings`."""
-
-    port: int = 8000
-    host: str = "0.0.0.0"
-    version: str = "0.0.0"
-    workers: int = 1
-    router_base_url: str = ""
-    machine_ip: str = ""
-    machine_name: str = ""
-    admin_api_token: str = field(default="", repr=False)
-    machine_api_token: str = field(default="", repr=False)
-    liveness_interval: float = 3.0
-    router_retry_backoff: float = 1.0
-    supported_models_file: str = str(DEFAULT_MODELS_FILE)
-    service_api_keys: tuple[str, ...] = field(default=(), repr=False)
-    allowed_clients: tuple[Network, ...] = ()
-    trusted_proxies: tuple[Network, ...] = ()
-    default_provider: str = ""
-    traffic_weight: float | None = None
-    router_models: tuple[str, ...] = ()
-    allow_custom_providers: bool = True
-    max_body_size: int = 20971520
-    max_concurrent_requests: int = 1000
-    upstream_connect_timeout: float = 10.0
-    upstream_timeout: float = 180.0
-    upstream_retries: int = 2
-    upstream_max_connections: int = 1000
-    upstream_queue_timeout: float = 10.0
-    retry_backoff: float = 0.25
-    eval_concurrency: int = 8
-    eval_max_rows: int = 10000
-    verify_default_model: str = "mira/llama3.1"
-    shutdown_timeout: float = 30.0
-    request_body_timeout: float = 30.0
-    custom_provider_allow_private: bool = False
-    model_fallbacks_file: str = ""
-    circuit_failures: int = 5
-    circuit_cooldown: float = 30.0
-    upstream_ca_bundle: str = ""
-    stream_usage: str = "inject"
-    cors_origins: tuple[str, ...] = ("*",)
-    log_level: str = "INFO"
-    log_format: str = "text"
-    openrouter_ignored_providers: tuple[str, ...] = ()
-    providers: dict[str, ProviderSettings] = field(default_factory=dict)
-
-    def secrets(self) -> list[str]:
-        """Every configured secret value, for redaction of logs and messages."""
-        values = [self.admin_api_token, self.machine_api_token, *self.service_api_keys]
-        values += [p.api_key for p in self.providers.values()]
-        return [v for v in values if v]
-
-
-def _make_config(env_file: str | None) -> Config:
-    path = env_file if env_file is not None else os.environ.get("ENV_FILE", ".env")
-    if path and Path(path).is_file():
-        return Config(RepositoryEnv(path))
-    return Config(RepositoryEmpty())
+# -- casts: the text of a variable -> its value; a ValueError says what is wrong --------------------
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -171,6 +106,10 @@ def _url(raw: str) -> str:
     return value
 
 
+def _url_or_empty(raw: str) -> str:
+    return _url(raw) if raw.strip() else ""
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def cast(raw: str) -> str:
         value = raw.strip()
@@ -197,11 +136,19 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _weight(raw: str) -> float:
+def _weight(raw: str) -> float | None:
+    """0 to 1 ('' stays unset)."""
+    if not raw.strip():
+        return None
     value = _float(0.0)(raw)
     if value > 1:
         raise ValueError("must be between 0 and 1")
     return value
+
+
+def _workers(raw: str) -> int:
+    """At least 0; 0 is one per CPU."""
+    return _int(0)(raw) or os.cpu_count() or 1
 
 
 def _text(raw: str) -> str:
@@ -216,96 +163,333 @@ def _readable_file(raw: str) -> str:
     return path
 
 
-def load_settings(env_file: str | None = None) -> Settings:
-    """Read and validate every setting; raise :class:`ConfigError` on a bad value."""
-    config = _make_config(env_file)
+# -- the settings table -------------------------------------------------------------------------------
 
-    def get(name: str, default: Any, cast: Callable[[str], Any] = _text) -> Any:
-        raw = config.get(name, default=None)
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    env: str  # the environment variable
+    default: Any  # the value when the variable is not set
+    cast: Callable[[str], Any] = field(repr=False)  # its text -> its value; a ValueError says what is wrong
+    doc: str = field(repr=False)  # its meaning, as README's Configuration table says it
+    attr: str = ""  # the Settings attribute ("": none of its own: ENV_FILE, a provider's URL or key)
+    blank_is_default: bool = False  # a value that casts to nothing ('', ',') means the default too
+    shown: str = ""  # the default as README shows it, when that is not the value itself
+
+    def read(self, raw: str | None) -> Any:
+        """The value of this variable for its text (None: not set); ValueError when the text is bad."""
         if raw is None:
-            return default
-        try:
-            return cast(str(raw))
-        except ValueError as exc:
-            shown = str(raw) if len(str(raw)) <= 40 else str(raw)[:40] + "..."
-            detail = str(exc) if not str(exc).startswith(("invalid literal", "could not")) else "is not a number"
-            raise ConfigError(f"{name}={shown!r}: {detail}") from None
+            return self.default
+        value = self.cast(raw)
+        return value if value or not self.blank_is_default else self.default
 
-    def url_or_empty(raw: str) -> str:
-        return _url(raw) if raw.strip() else ""
+    @property
+    def shown_default(self) -> str:
+        """The default as README's table writes it (without backquotes): ``unset`` when there is none."""
+        if self.shown:
+            return self.shown
+        value = self.default
+        if value is None or value == "" or value == ():
+            return "unset"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, tuple):
+            return ",".join(str(item) for item in value)
+        return str(value)
 
-    providers = {}
-    for name, (url_var, url_default, key_var) in PROVIDER_DEFAULTS.items():
-        providers[name] = ProviderSettings(
-            name=name,
-            base_url=get(url_var, url_default, _url),
-            api_key=get(key_var, ""),
+
+_ROW = "setting"  # the key of a Settings field's row in its metadata
+
+
+def setting(
+    env: str, default: T, cast: Callable[[str], T], doc: str, *,
+    blank_is_default: bool = False, shown: str = "", secret: bool = False,
+) -> T:
+    """A field of :class:`Settings` read from ``env``: one row of the settings table (see the module docstring)."""
+    row = Setting(env, default, cast, doc, blank_is_default=blank_is_default, shown=shown)
+    return field(default=default, repr=not secret, metadata={_ROW: row})
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Where one provider lives and the key it is called with (may be empty)."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one node process. Build it with :func:`load_settings`.
+
+    Each field made with :func:`setting` is one variable; the others are what the loader derives.
+    """
+
+    port: int = setting("PORT", 8000, _int(0, 65535), "listen port (0: any free port, reported in the start-up line)")
+    host: str = setting("HOST", "0.0.0.0", _text, "listen address", blank_is_default=True)
+    version: str = setting("VERSION", "0.0.0", _text, "reported by /health", blank_is_default=True)
+    workers: int = setting("WORKERS", 1, _workers, "processes sharing the port; 0 = one per CPU")
+    router_base_url: str = setting(
+        "ROUTER_BASE_URL", "", _url_or_empty,
+        "the Mira router; set: register and/or send heartbeats ([Router integration](#router-integration)); unset:"
+        " standalone",
+    )
+    machine_ip: str = setting(
+        "MACHINE_IP", "", _text, "the address the router knows this node by; unset: the first non-loopback IPv4 address"
+    )
+    machine_name: str = setting(
+        "MACHINE_NAME", "", _text, "the name to register with when the router has none for this machine"
+    )
+    admin_api_token: str = setting(
+        "ADMIN_API_TOKEN", "", _text, "router admin token: register at start-up, then send heartbeats", secret=True
+    )
+    machine_api_token: str = setting(
+        "MACHINE_API_TOKEN", "", _text, "router machine token: heartbeats only, no registration", secret=True
+    )
+    liveness_interval: float = setting(
+        "LIVENESS_INTERVAL", 3.0, _float(0.0, strict=True),
+        "seconds between heartbeats; 12 or more is refused (exit 2): the router forgets a node 12 s after its last"
+        " heartbeat",
+    )
+    router_retry_backoff: float = setting(
+        "ROUTER_RETRY_BACKOFF", 1.0, _float(0.0), "first delay between registration attempts (doubles each time)"
+    )
+    supported_models_file: str = setting(
+        "SUPPORTED_MODELS_FILE", str(DEFAULT_MODELS_FILE), _text, "JSON array of model ids for /v1/models",
+        blank_is_default=True, shown="data/supported_models.json",
+    )
+    service_api_keys: tuple[str, ...] = setting(
+        "SERVICE_API_KEY", (), _csv,
+        "when set, /v1/* needs `Authorization: Bearer <key>`; several keys comma-separated, any one is accepted",
+        secret=True,
+    )
+    allowed_clients: tuple[Network, ...] = setting(
+        "ALLOWED_CLIENTS", (), _networks,
+        "comma-separated IPs and CIDRs (IPv4, IPv6) allowed to call /v1/*; others get 403 `client_forbidden`; unset: any",
+    )
+    trusted_proxies: tuple[Network, ...] = setting(
+        "TRUSTED_PROXIES", (), _networks,
+        "CIDRs of reverse proxies whose `X-Forwarded-For` is believed ([Security](#security))",
+    )
+    default_provider: str = setting(
+        "DEFAULT_PROVIDER", "", _text,
+        "provider that takes, whole, a model whose first segment names no provider ([Providers](#providers))",
+    )
+    traffic_weight: float | None = setting(
+        "TRAFFIC_WEIGHT", None, _weight, "sent at registration when set: 0 to 1, this node's share of the router's traffic"
+    )
+    router_models: tuple[str, ...] = setting(
+        "ROUTER_MODELS", (), _csv,
+        "sent at registration when set (`supported_models`): comma-separated router model names this node serves;"
+        " unset: all",
+    )
+    allow_custom_providers: bool = setting(
+        "ALLOW_CUSTOM_PROVIDERS", True, _bool, "accept a per-request `model_provider`"
+    )
+    max_body_size: int = setting("MAX_BODY_SIZE", 20971520, _int(1), "bytes; a larger request body gets 413")
+    max_concurrent_requests: int = setting(
+        "MAX_CONCURRENT_REQUESTS", 1000, _int(1), "/v1 requests in flight per process; beyond it 503 with `Retry-After: 1`"
+    )
+    upstream_connect_timeout: float = setting("UPSTREAM_CONNECT_TIMEOUT", 10.0, _float(0.0, strict=True), "seconds")
+    upstream_timeout: float = setting(
+        "UPSTREAM_TIMEOUT", 180.0, _float(0.0, strict=True),
+        "seconds for a whole non-streaming call, and the longest silence inside a stream",
+    )
+    upstream_retries: int = setting(
+        "UPSTREAM_RETRIES", 2, _int(0, 10), "retries of a connection failure or an upstream 429/502/503/504"
+    )
+    upstream_max_connections: int = setting(
+        "UPSTREAM_MAX_CONNECTIONS", 1000, _int(1), "concurrent upstream transfers per process"
+    )
+    upstream_queue_timeout: float = setting(
+        "UPSTREAM_QUEUE_TIMEOUT", 10.0, _float(0.0, strict=True),
+        "seconds a request may wait for a free upstream connection before 503",
+    )
+    retry_backoff: float = setting(
+        "UPSTREAM_RETRY_BACKOFF", 0.25, _float(0.0),
+        "first retry delay in seconds (doubles, with jitter; an upstream `Retry-After` wins, up to 30 s)",
+    )
+    eval_concurrency: int = setting("EVAL_CONCURRENCY", 8, _int(1), "parallel model calls within one eval")
+    eval_max_rows: int = setting("EVAL_MAX_ROWS", 10000, _int(1), "larger evals get 400")
+    verify_default_model: str = setting(
+        "VERIFY_DEFAULT_MODEL", "mira/llama3.1", _text, "model of /v1/verify when none is given", blank_is_default=True
+    )
+    shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", 30.0, _float(0.0), "seconds to drain on SIGTERM")
+    request_body_timeout: float = setting(
+        "REQUEST_BODY_TIMEOUT", 30.0, _float(0.0, strict=True),
+        "seconds a request body has to arrive in full after its headers; then 408 and the connection is closed",
+    )
+    custom_provider_allow_private: bool = setting(
+        "CUSTOM_PROVIDER_ALLOW_PRIVATE", False, _bool,
+        "let a per-request `model_provider.base_url` reach loopback, private, link-local and other internal addresses",
+    )
+    model_fallbacks_file: str = setting(
+        "MODEL_FALLBACKS_FILE", "", _text,
+        "JSON object `{model id: [fallback model ids]}`, used when a request names no `fallbacks`",
+    )
+    circuit_failures: int = setting(
+        "CIRCUIT_FAILURES", 5, _int(0), "consecutive failed attempts that open a provider's circuit; 0 turns circuits off"
+    )
+    circuit_cooldown: float = setting(
+        "CIRCUIT_COOLDOWN", 30.0, _float(0.0, strict=True),
+        "seconds an open circuit stays open before one probe request goes through",
+    )
+    upstream_ca_bundle: str = setting(
+        "UPSTREAM_CA_BUNDLE", "", _readable_file,
+        "PEM file of CA certificates that upstream (and router) certificates are verified against; unset: the system"
+        " store. A missing or unreadable file stops start-up (exit 2) naming it",
+    )
+    stream_usage: str = setting(
+        "STREAM_USAGE", "inject", _choice("inject", "observe"),
+        "`inject`: a chat or completions stream whose client did not ask for usage is sent upstream with"
+        " `stream_options.include_usage` and the usage-only event is taken out of what the client gets; `observe`:"
+        " bodies and streams are never changed, usage is counted when the upstream sends it",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS", ("*",), _csv, "comma-separated allowed origins", blank_is_default=True
+    )
+    log_level: str = setting("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS), "DEBUG, INFO, WARNING, ERROR")
+    log_format: str = setting("LOG_FORMAT", "text", _choice("text", "json"), "`json`: every line is one JSON object")
+    openrouter_ignored_providers: tuple[str, ...] = setting(
+        "OPENROUTER_IGNORED_PROVIDERS", (), _csv,
+        "comma-separated OpenRouter providers sent as `\"provider\": {\"ignore\": [...]}` unless a request sets"
+        " `provider`",
+    )
+    # Derived by load_settings: the providers' URLs and keys, and the contents of the two files.
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    supported_models: tuple[str, ...] = field(default=(), repr=False)  # SUPPORTED_MODELS_FILE's ids, without repeats
+    model_fallbacks: Mapping[str, tuple[Fallback, ...]] = field(default_factory=dict, repr=False)  # MODEL_FALLBACKS_FILE
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for redaction of logs and messages."""
+        values = [self.admin_api_token, self.machine_api_token, *self.service_api_keys]
+        values += [p.api_key for p in self.providers.values()]
+        return [v for v in values if v]
+
+
+ENV_FILE = Setting(
+    "ENV_FILE", ".env", _text,
+    "file of `NAME=value` lines read for the variables the environment does not set (relative: to the working"
+    " directory); no such file: none",
+)
+
+# The settings table: every variable the node reads, in the order it reads them.
+SETTINGS: tuple[Setting, ...] = (
+    ENV_FILE,
+    *(replace(f.metadata[_ROW], attr=f.name) for f in fields(Settings) if _ROW in f.metadata),
+    *(
+        row
+        for name, (url_var, url_default, key_var) in PROVIDER_DEFAULTS.items()
+        for row in (
+            Setting(url_var, url_default, _url, f"the `{name}/` provider"),
+            Setting(key_var, "", _text, f"the `{name}/` provider"),
         )
+    ),
+)
+SETTING_OF: dict[str, Setting] = {row.env: row for row in SETTINGS}
 
-    workers = get("WORKERS", 1, _int(0))
-    if workers == 0:
-        workers = os.cpu_count() or 1
+# Every environment variable the node reads: tests and the benchmark clear these (and only these), so a
+# developer's own settings never leak into a run; the demo sets the ones it needs and passes on none of them.
+ENV_VARIABLES: tuple[str, ...] = tuple(SETTING_OF)
 
-    router_base_url = get("ROUTER_BASE_URL", "", url_or_empty)
-    if router_base_url and not (get("MACHINE_API_TOKEN", "") or get("ADMIN_API_TOKEN", "")):
+
+def env_name(attr: str) -> str:
+    """The environment variable of a :class:`Settings` attribute (KeyError when it has none)."""
+    for row in SETTINGS:
+        if row.attr == attr:
+            return row.env
+    raise KeyError(attr)
+
+
+# -- loading ----------------------------------------------------------------------------------------------
+
+
+def _make_config(env_file: str | None) -> Config:
+    path = env_file if env_file is not None else os.environ.get(ENV_FILE.env, ENV_FILE.default)
+    if path and Path(path).is_file():
+        return Config(RepositoryEnv(path))
+    return Config(RepositoryEmpty())
+
+
+def _read(config: Config, row: Setting) -> Any:
+    raw = config.get(row.env, default=None)
+    try:
+        return row.read(None if raw is None else str(raw))
+    except ValueError as exc:
+        shown = str(raw) if len(str(raw)) <= 40 else str(raw)[:40] + "..."
+        detail = str(exc) if not str(exc).startswith(("invalid literal", "could not")) else "is not a number"
+        raise ConfigError(f"{row.env}={shown!r}: {detail}") from None
+
+
+def _check(values: dict[str, Any], providers: Mapping[str, ProviderSettings]) -> None:
+    """The checks that involve more than one variable."""
+    if values["router_base_url"] and not (values["machine_api_token"] or values["admin_api_token"]):
         raise ConfigError(
             "ROUTER_BASE_URL is set but neither MACHINE_API_TOKEN nor ADMIN_API_TOKEN is: set MACHINE_API_TOKEN"
             " (heartbeats only) or ADMIN_API_TOKEN (register at start-up), or unset ROUTER_BASE_URL to run standalone"
         )
-
-    liveness_interval = get("LIVENESS_INTERVAL", 3.0, _float(0.0, strict=True))
+    liveness_interval = values["liveness_interval"]
     if liveness_interval >= ROUTER_LIVENESS_TTL:
         raise ConfigError(
             f"LIVENESS_INTERVAL={liveness_interval:g}: must be below {ROUTER_LIVENESS_TTL:g} seconds (the router forgets"
             f" a node {ROUTER_LIVENESS_TTL:g} s after its last heartbeat); 3 is the default"
         )
-    default_provider = get("DEFAULT_PROVIDER", "")
+    default_provider = values["default_provider"]
     if default_provider and default_provider not in providers:
         raise ConfigError(f"DEFAULT_PROVIDER={default_provider[:40]!r}: must be one of {', '.join(providers)}")
 
+
+def load_models(path: str) -> tuple[str, ...]:
+    """The model ids of SUPPORTED_MODELS_FILE (a JSON array of strings), in order, without repeats."""
+    try:
+        data = ujson.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, list) or not all(isinstance(m, str) and m for m in data):
+        raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: must be a JSON array of model id strings")
+    return tuple(dict.fromkeys(data))
+
+
+def load_fallbacks(path: str, providers: ProviderNames) -> dict[str, tuple[Fallback, ...]]:
+    """MODEL_FALLBACKS_FILE: ``{model id: [model ids]}``, every id routable; ConfigError otherwise."""
+    if not path:
+        return {}
+    try:
+        data = ujson.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: must be a JSON object of model id -> list of model ids")
+    table: dict[str, tuple[Fallback, ...]] = {}
+    for model, ids in data.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: the value of {model!r} must be a list of model ids")
+        try:
+            table[model] = tuple(Fallback(*split_model(i, providers), i) for i in ids)
+        except ApiError as exc:
+            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: {model!r}: {exc.message}") from None
+    return table
+
+
+def load_settings(env_file: str | None = None) -> Settings:
+    """Read and validate every setting; raise :class:`ConfigError` on a bad value."""
+    config = _make_config(env_file)
+    read = {row.env: _read(config, row) for row in SETTINGS if row is not ENV_FILE}
+    values = {row.attr: read[row.env] for row in SETTINGS if row.attr}
+    providers = {
+        name: ProviderSettings(name=name, base_url=read[url_var], api_key=read[key_var])
+        for name, (url_var, _, key_var) in PROVIDER_DEFAULTS.items()
+    }
+    _check(values, providers)
+    routable = ProviderNames(providers, values["default_provider"])  # as the provider registry splits models
     return Settings(
-        port=get("PORT", 8000, _int(0, 65535)),
-        host=get("HOST", "0.0.0.0") or "0.0.0.0",
-        version=get("VERSION", "0.0.0") or "0.0.0",
-        workers=workers,
-        router_base_url=router_base_url,
-        machine_ip=get("MACHINE_IP", ""),
-        machine_name=get("MACHINE_NAME", ""),
-        admin_api_token=get("ADMIN_API_TOKEN", ""),
-        machine_api_token=get("MACHINE_API_TOKEN", ""),
-        liveness_interval=liveness_interval,
-        router_retry_backoff=get("ROUTER_RETRY_BACKOFF", 1.0, _float(0.0)),
-        supported_models_file=get("SUPPORTED_MODELS_FILE", str(DEFAULT_MODELS_FILE))
-        or str(DEFAULT_MODELS_FILE),
-        service_api_keys=get("SERVICE_API_KEY", (), _csv),
-        allowed_clients=get("ALLOWED_CLIENTS", (), _networks),
-        trusted_proxies=get("TRUSTED_PROXIES", (), _networks),
-        default_provider=default_provider,
-        traffic_weight=get("TRAFFIC_WEIGHT", None, lambda raw: _weight(raw) if raw.strip() else None),
-        router_models=get("ROUTER_MODELS", (), _csv),
-        allow_custom_providers=get("ALLOW_CUSTOM_PROVIDERS", True, _bool),
-        max_body_size=get("MAX_BODY_SIZE", 20971520, _int(1)),
-        max_concurrent_requests=get("MAX_CONCURRENT_REQUESTS", 1000, _int(1)),
-        upstream_connect_timeout=get("UPSTREAM_CONNECT_TIMEOUT", 10.0, _float(0.0, strict=True)),
-        upstream_timeout=get("UPSTREAM_TIMEOUT", 180.0, _float(0.0, strict=True)),
-        upstream_retries=get("UPSTREAM_RETRIES", 2, _int(0, 10)),
-        upstream_max_connections=get("UPSTREAM_MAX_CONNECTIONS", 1000, _int(1)),
-        upstream_queue_timeout=get("UPSTREAM_QUEUE_TIMEOUT", 10.0, _float(0.0, strict=True)),
-        retry_backoff=get("UPSTREAM_RETRY_BACKOFF", 0.25, _float(0.0)),
-        eval_concurrency=get("EVAL_CONCURRENCY", 8, _int(1)),
-        eval_max_rows=get("EVAL_MAX_ROWS", 10000, _int(1)),
-        verify_default_model=get("VERIFY_DEFAULT_MODEL", "mira/llama3.1") or "mira/llama3.1",
-        shutdown_timeout=get("SHUTDOWN_TIMEOUT", 30.0, _float(0.0)),
-        request_body_timeout=get("REQUEST_BODY_TIMEOUT", 30.0, _float(0.0, strict=True)),
-        custom_provider_allow_private=get("CUSTOM_PROVIDER_ALLOW_PRIVATE", False, _bool),
-        model_fallbacks_file=get("MODEL_FALLBACKS_FILE", ""),
-        circuit_failures=get("CIRCUIT_FAILURES", 5, _int(0)),
-        circuit_cooldown=get("CIRCUIT_COOLDOWN", 30.0, _float(0.0, strict=True)),
-        upstream_ca_bundle=get("UPSTREAM_CA_BUNDLE", "", _readable_file),
-        stream_usage=get("STREAM_USAGE", "inject", _choice("inject", "observe")),
-        cors_origins=get("CORS_ORIGINS", ("*",), _csv) or ("*",),
-        log_level=get("LOG_LEVEL", "INFO", _choice(*LOG_LEVELS)),
-        log_format=get("LOG_FORMAT", "text", _choice("text", "json")),
-        openrouter_ignored_providers=get("OPENROUTER_IGNORED_PROVIDERS", (), _csv),
+        **values,
         providers=providers,
+        supported_models=load_models(values["supported_models_file"]),
+        model_fallbacks=load_fallbacks(values["model_fallbacks_file"], routable),
     )

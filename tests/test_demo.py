@@ -137,3 +137,21 @@ def test_demo_stops_the_node_when_the_upstream_dies(demo: RunningDemo) -> None:
     assert_all_gone(demo)
     log = demo.stderr_path.read_text()
     assert "the upstream" in log, log
+
+
+def test_the_demo_names_the_nodes_settings_through_configs_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config import ENV_VARIABLES, load_settings
+    from tools import demo
+
+    env = demo.Demo(demo.parse_args(["--port", "0", "--log-level", "DEBUG"])).node_env("http://127.0.0.1:9/v1")
+    assert set(env) <= {*ENV_VARIABLES, *demo.PASSED_ON, "PYTHONUNBUFFERED"}
+    assert not set(demo.PASSED_ON) & set(ENV_VARIABLES)
+    for name in ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.port, settings.host, settings.version, settings.log_level) == (0, "127.0.0.1", "0.0.0-demo", "DEBUG")
+    assert settings.shutdown_timeout == demo.NODE_DRAIN_SECONDS
+    assert {p.base_url for p in settings.providers.values()} == {"http://127.0.0.1:9/v1"}
+    assert {p.api_key for p in settings.providers.values()} == {demo.DUMMY_KEY}

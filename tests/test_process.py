@@ -11,7 +11,6 @@ import socket
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.helpers import chat_body
 from tests.mock_upstream import Behavior
 
@@ -180,14 +179,3 @@ def test_config_error_is_json_too_when_asked(spawn_node):
     (line,) = [line for line in node.lines if line.strip()]
     assert "PORT=" in json.loads(line)["message"]
 
-
-def test_the_variables_table_is_complete_and_documented() -> None:
-    import config
-
-    text = (ROOT / "config.py").read_text()
-    read = set(re.findall(r'get\("([A-Z_]+)"', text)) | {url for url, _, _ in config.PROVIDER_DEFAULTS.values()}
-    read |= {key for _, _, key in config.PROVIDER_DEFAULTS.values()} | {"ENV_FILE"}
-    assert read == set(config.ENV_VARIABLES), "config.ENV_VARIABLES must list exactly the variables config.py reads"
-    readme = (ROOT / "README.md").read_text()
-    undocumented = [name for name in config.ENV_VARIABLES if name not in readme]
-    assert not undocumented, f"variables the README does not mention: {undocumented}"

@@ -6,8 +6,9 @@ Starts two processes and stops them together:
    provider that streams its reply word by word), on a free loopback port;
 2. the node (``python server.py``), with every provider's base URL pointed at
    the demo upstream and a dummy key, on ``--port`` (default: $PORT, else 8000;
-   0 picks a free port). Its settings come from here only: the shell's node
-   variables and any ``.env`` file are not read, so nothing leaves the machine.
+   0 picks a free port). Its settings come from here only, named through
+   config's settings table (``config.SETTINGS``): the shell's node variables and
+   any ``.env`` file are not read, so nothing leaves the machine.
 
 Once the node logs ``listening on HOST:PORT`` and ``GET /health`` answers, it
 prints the node's URL, both PIDs and commands to try (curl and the OpenAI SDK:
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python tools/demo.py``
     sys.path.insert(0, str(ROOT))
 
+from config import ENV_FILE, ENV_VARIABLES, PROVIDER_DEFAULTS, env_name  # noqa: E402
 from tools.childproc import ChildProcess  # noqa: E402
 
 UPSTREAM_SCRIPT = ROOT / "tools" / "demo_upstream.py"
@@ -49,14 +51,14 @@ STOP_TIMEOUT = NODE_DRAIN_SECONDS + 5.0
 KILL_TIMEOUT = 5.0
 EXIT_GRACE = 1.0  # seconds for a child whose output ended to be reaped
 POLL = 0.2
-# Variables of the caller's environment that the children keep (nothing of the node's own settings).
-PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
+# Variables of the caller's environment that the children keep; never one of the node's own settings
+# (config.ENV_VARIABLES): those the node gets are set in Demo.node_env.
+PASSED_ON = tuple(name for name in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
+                  if name not in ENV_VARIABLES)
 
 
 def provider_variables() -> list[tuple[str, str]]:
     """(base URL variable, key variable) of every provider the node knows, from config.PROVIDER_DEFAULTS."""
-    from config import PROVIDER_DEFAULTS
-
     return [(url_var, key_var) for url_var, _, key_var in PROVIDER_DEFAULTS.values()]
 
 
@@ -108,16 +110,21 @@ class Demo:
             raise StartError(upstream)
         return f"http://127.0.0.1:{match.group(1)}/v1"
 
+    def node_settings(self) -> dict[str, object]:
+        """The node's settings that differ from its defaults, by Settings attribute."""
+        return {
+            "port": self.args.port,
+            "host": self.args.host,
+            "version": "0.0.0-demo",
+            "log_level": self.args.log_level,
+            "shutdown_timeout": NODE_DRAIN_SECONDS,
+        }
+
     def node_env(self, upstream_url: str) -> dict[str, str]:
+        """base_env, no ``.env`` file, the settings of node_settings and every provider at the demo upstream."""
         env = self.base_env()
-        env.update({
-            "ENV_FILE": os.devnull,
-            "PORT": str(self.args.port),
-            "HOST": self.args.host,
-            "VERSION": "0.0.0-demo",
-            "LOG_LEVEL": self.args.log_level,
-            "SHUTDOWN_TIMEOUT": str(NODE_DRAIN_SECONDS),
-        })
+        env[ENV_FILE.env] = os.devnull
+        env.update({env_name(attr): str(value) for attr, value in self.node_settings().items()})
         for url_var, key_var in provider_variables():
             env[url_var] = upstream_url
             env[key_var] = DUMMY_KEY

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import ujson
 
-from config import ConfigError, Settings
+from config import Settings
 from utils import metrics
 from utils.deadlines import Deadlines
 from utils.gate import ClientGate
@@ -17,17 +16,6 @@ from utils.router import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
 from utils.upstream.routing import Route, Routing
 from utils.upstream.usage import Usage
-
-
-def load_models(path: str) -> list[str]:
-    """The model ids of SUPPORTED_MODELS_FILE (a JSON array of strings)."""
-    try:
-        data = ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, list) or not all(isinstance(m, str) and m for m in data):
-        raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: must be a JSON array of model id strings")
-    return list(dict.fromkeys(data))
 
 
 class NodeContext:
@@ -46,7 +34,7 @@ class NodeContext:
         self.gate = ClientGate(settings)
         self.registry = ProviderRegistry(settings)
         self.routing = Routing(settings, self.registry)
-        self.models = load_models(settings.supported_models_file)
+        self.models = list(settings.supported_models)  # SUPPORTED_MODELS_FILE, read and checked by config
         self._listed = frozenset(self.models)
         self.models_body = ujson.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": m.split("/", 1)[0]} for m in self.models]},

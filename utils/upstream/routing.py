@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from time import monotonic
 from typing import NamedTuple
 from urllib.parse import quote
 
-import ujson
-
-from config import ConfigError, Settings
-from models.chat import ChatRequest, Fallback, split_model
+from config import Settings
+from models.chat import ChatRequest, Fallback
 from models.errors import ApiError
 from utils import metrics
 from utils.upstream.providers import ProviderRegistry, Target
@@ -108,33 +105,12 @@ def provider_unavailable(circuit: Circuit) -> ApiError:
     )
 
 
-def load_fallbacks(path: str, providers: Collection[str]) -> dict[str, list[Fallback]]:
-    """MODEL_FALLBACKS_FILE: ``{model id: [model ids]}``, every id routable; ConfigError otherwise."""
-    if not path:
-        return {}
-    try:
-        data = ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: must be a JSON object of model id -> list of model ids")
-    table: dict[str, list[Fallback]] = {}
-    for model, ids in data.items():
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: the value of {model!r} must be a list of model ids")
-        try:
-            table[model] = [Fallback(*split_model(i, providers), i) for i in ids]
-        except ApiError as exc:
-            raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: {model!r}: {exc.message}") from None
-    return table
-
-
 class Routing:
     """The plans of requests and the circuits of the configured providers."""
 
     def __init__(self, settings: Settings, registry: ProviderRegistry) -> None:
         self.registry = registry
-        self.fallbacks = load_fallbacks(settings.model_fallbacks_file, registry.routable)
+        self.fallbacks = settings.model_fallbacks  # MODEL_FALLBACKS_FILE, read and checked by config
         self.circuits: dict[str, Circuit] = {}
         if settings.circuit_failures > 0:
             for name in registry.names:
