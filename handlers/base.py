@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from http.client import responses
 from typing import Any
 
 import ujson
@@ -180,10 +181,11 @@ class BaseHandler(RequestHandler):
             for name, value in exc.headers.items():
                 self.set_header(name, value)
         elif isinstance(exc, HTTPError) and exc.status_code < 500:
-            message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
-            error = ApiError(status_code, message or self._reason)
+            reason = exc.reason or kwargs.get("reason") or responses.get(status_code, "Unknown")  # send_error's reason
+            message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or reason)
+            error = ApiError(status_code, message or reason)
         elif status_code < 500:
-            error = ApiError(status_code, self._reason)
+            error = ApiError(status_code, kwargs.get("reason") or responses.get(status_code, "Unknown"))
         else:
             error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
         self.clear_header("Content-Type")

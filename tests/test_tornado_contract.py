@@ -1,15 +1,24 @@
-"""The private parts of Tornado's curl client that ``utils/upstream/transport.py`` relies on.
+"""The private parts of Tornado that the node relies on: the curl client's, for ``utils/upstream/transport.py``,
+and RequestHandler's, for ``handlers/base.py``.
 
 The transport reaches past ``CurlAsyncHTTPClient``'s public surface in a few
 places (its own queue, set-up and finish for an UpstreamCall, libcurl's
 timer and socket callbacks, handles made on demand, the idle check). Each
 test here pins one of those names, signatures or behaviours and fails with a
 sentence saying what a Tornado upgrade changed and where the transport uses it.
+
+``handlers/base.py`` reads two flags of RequestHandler that Tornado has no
+public form of, ``_headers_written`` and ``_finished``; the tests at the end pin
+them. For the status line's reason phrase it reads none: its ``write_error``
+takes what ``send_error`` would have set, from public pieces (the HTTPError's
+``reason``, ``send_error``'s ``reason`` argument, ``http.client.responses``),
+and a test pins that the two agree.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +26,12 @@ from typing import Any
 import pycurl
 import pytest
 import tornado
-from tornado import curl_httpclient
+from tornado import curl_httpclient, httputil
 from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, HTTPError, RequestHandler
 
 from utils.upstream.transport import LeanCurlClient, Transport
 
@@ -111,3 +124,76 @@ async def test_the_client_state_the_transport_reads() -> None:
         assert transport.idle()
     finally:
         transport.close()
+
+
+# -- RequestHandler: what handlers/base.py reads -----------------------------------------------------------------
+
+
+class FlagProbe(RequestHandler):
+    """Records RequestHandler's ``_headers_written`` and ``_finished`` at each stage of one response."""
+
+    seen: dict[str, tuple[bool, bool]] = {}
+
+    def flags(self) -> tuple[bool, bool]:
+        return self._headers_written, self._finished
+
+    async def get(self) -> None:
+        FlagProbe.seen["before"] = self.flags()
+        self.write("part")
+        await self.flush()
+        FlagProbe.seen["flushed"] = self.flags()
+        self.finish("rest")
+        FlagProbe.seen["finished"] = self.flags()
+
+
+class ReasonProbe(RequestHandler):
+    """Raises or sends the error its query names; records Tornado's reason and the one base.py derives."""
+
+    seen: dict[str, tuple[str, str]] = {}
+
+    def get(self) -> None:
+        case = self.get_argument("case")
+        if case == "not-found":
+            raise HTTPError(404)
+        if case == "own-reason":
+            raise HTTPError(400, "details", reason="Own Reason")
+        if case == "unknown-status":
+            raise HTTPError(499)
+        self.send_error(409, reason="Told", exc_info=(ValueError, ValueError("x"), None))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        # handlers/base.py BaseHandler.write_error: the HTTPError's reason, else send_error's, else the standard phrase
+        derived = (isinstance(exc, HTTPError) and exc.reason) or kwargs.get("reason") or http.client.responses.get(
+            status_code, "Unknown"
+        )
+        ReasonProbe.seen[self.get_argument("case")] = (self._reason, derived)
+        self.finish()
+
+
+@pytest.mark.gen_test
+async def test_the_request_handler_flags_base_py_reads() -> None:
+    sock, port = bind_unused_port()
+    server = HTTPServer(Application([("/flags", FlagProbe), ("/reason", ReasonProbe)]))
+    server.add_sockets([sock])
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{port}/flags")
+        assert response.body == b"partrest"
+        assert FlagProbe.seen == {"before": (False, False), "flushed": (True, False), "finished": (True, True)}, (
+            f"{VERSION}: RequestHandler._headers_written (False until the status line is sent) or _finished (False until"
+            f" finish()) changed: {FlagProbe.seen}; BaseHandler.finish reads the first to add Connection: close while"
+            " draining, data_received and _body_timed_out read the second not to answer twice"
+        )
+        for case in ("not-found", "own-reason", "unknown-status", "sent"):
+            await client.fetch(f"http://127.0.0.1:{port}/reason?case={case}", raise_error=False)
+            tornados, derived = ReasonProbe.seen[case]
+            assert tornados == derived, (
+                f"{VERSION}: send_error now sets the reason {tornados!r} where BaseHandler.write_error derives {derived!r}"
+                f" ({case}); the message of an error answer without one of its own is that reason"
+            )
+        assert httputil.responses is http.client.responses
+    finally:
+        client.close()
+        server.stop()
+        sock.close()
