@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tools.childproc import ChildProcess
+from tools.childproc import ChildProcess, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "tools" / "demo.py"
@@ -79,15 +79,6 @@ def demo(tmp_path: Path) -> Iterator[RunningDemo]:
         running.kill_all()
 
 
-def gone(pid: int) -> bool:
-    """True when no process has this PID (the demo reaps its children, so a stopped one leaves no zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def health_answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as response:
@@ -98,7 +89,8 @@ def health_answers(url: str) -> bool:
 
 def assert_all_gone(demo: RunningDemo) -> None:
     for name, pid in demo.pids.items():
-        assert gone(pid), f"the {name} (pid {pid}) is still running"
+        # the demo reaps its children, so a stopped one leaves no zombie
+        assert not pid_alive(pid), f"the {name} (pid {pid}) is still running"
     assert not health_answers(demo.url)
 
 

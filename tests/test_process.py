@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
 import socket
@@ -13,6 +12,7 @@ import pytest
 
 from tests.helpers import chat_body
 from tests.mock_upstream import Behavior
+from tools.childproc import pid_alive
 
 
 def raw_get(sock: socket.socket, path: str) -> tuple[int, bytes, bytes]:
@@ -40,14 +40,6 @@ def read_status(conn: http.client.HTTPConnection) -> int:
     response = conn.getresponse()
     response.read()
     return response.status
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- configuration errors ---------------------------------------------------------------------------
@@ -148,7 +140,7 @@ def test_two_workers_serve_and_all_stop_on_sigterm(spawn_node, upstream):
     assert node.wait() == 0
     served = {int(p) for p in re.findall(r"mira\.access\[(\d+)\]", node.output)}
     assert served == pids
-    assert not any(alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     assert "all workers stopped" in node.output
 
 

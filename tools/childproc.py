@@ -14,7 +14,8 @@ ended, the time is up or ``abort`` is set. ``stop()`` sends SIGTERM to the
 child's PID, then SIGKILL (its PID, or its process group with
 ``kill_group=True``) if it has not exited in time; ``sweep_group=True`` also
 kills what is left of its process group (worker processes it forked).
-Processes are only ever found by their PID, never by a name pattern.
+Processes are only ever found by their PID, never by a name pattern;
+``pid_alive(pid)`` says whether one is still there.
 
 Used by ``tests/conftest.py``, ``tests/test_demo.py``, ``tools/demo.py``,
 ``tools/fuzz.py`` and ``bench/procs.py``. The node's own code (``server.py``,
@@ -40,6 +41,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL = 0.05  # seconds between looks at the output when nothing wakes the waiter (abort, a log file)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process has this PID (a zombie included: only a reaped child is gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _die_with_parent() -> None:
