@@ -30,7 +30,7 @@ from utils.context import NodeContext
 from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
 from utils.redact import PROCESS_REDACTOR
-from utils.router import RouterClient, RouterError, RouterStatus, token_source
+from utils.router_client import RouterClient, RouterError, RouterStatus, token_source
 
 log = logging.getLogger("mira.server")
 

@@ -8,7 +8,7 @@ fails after its first byte ends.
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from models.chat import parse_chat_request
+from models.chat import parse_proxy_request
 from models.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from models.errors import ApiError
 from utils import metrics
@@ -31,29 +31,29 @@ class ProxyHandler(ApiHandler):
         if not self.body_received():
             return
         ctx = self.ctx
-        request = parse_chat_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
+        request = parse_proxy_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
         body = ctx.registry.upstream_body(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
         plan = ctx.routing.plan(request, body)
         self.provider = plan.primary.target.label
         if not request.stream:
-            response, route = await ctx.upstream.complete_routes(plan, self.cancel)
-            self.answered_by(route.model_id)
-            self.provider = route.target.label
+            response, attempt = await ctx.upstream.complete_plan(plan, self.cancel)
+            self.answered_by(attempt.model_id)
+            self.provider = attempt.target.label
             self.usage = response.usage
             self.upstream_status = response.status
             self.set_status(response.status)
             self.set_header("Content-Type", response.content_type)
             self.finish(response.body)
             return
-        result, route = await ctx.upstream.stream_routes(plan, self, self.cancel)
-        self.provider = route.target.label
+        result, attempt = await ctx.upstream.stream_plan(plan, self, self.cancel)
+        self.provider = attempt.target.label
         self.usage = result.usage
         self.upstream_status = result.status
         self.stream_bytes = result.bytes_sent
         if result.ttfb is not None:
-            metrics.upstream_ttfb(route.target.label, result.ttfb)
+            metrics.upstream_ttfb(attempt.target.label, result.ttfb)
         if self.cancel.shutting_down:
             metrics.stream_event("shutdown")
             self.end_stream(shutdown_error())

@@ -297,7 +297,7 @@ def parse_fallbacks(value: Any, providers: Collection[str]) -> list[Fallback] | 
 
 
 @dataclass
-class ChatRequest:
+class ProxyRequest:
     """A validated chat completion request, ready to be sent upstream."""
 
     body: dict[str, Any]  # the upstream body: model rewritten, model_provider and fallbacks removed
@@ -309,9 +309,9 @@ class ChatRequest:
     endpoint: Endpoint = CHAT
 
 
-def parse_chat_request(
+def parse_proxy_request(
     raw: bytes, providers: Collection[str], allow_custom: bool, endpoint: Endpoint = CHAT
-) -> ChatRequest:
+) -> ProxyRequest:
     """Validate the body of a proxied request (chat by default); raise :class:`ApiError` (400) when bad.
 
     Every route needs a JSON object with a routable ``model``; the chat rules
@@ -337,7 +337,7 @@ def parse_chat_request(
         body["model"] = upstream_model
     if endpoint.chat_rules:
         check_messages(body)
-    return ChatRequest(
+    return ProxyRequest(
         body=body, provider=provider, model=upstream_model, stream=endpoint.streams and body.get("stream") is True,
         custom=custom, fallbacks=fallbacks, endpoint=endpoint,
     )
@@ -345,13 +345,13 @@ def parse_chat_request(
 
 __all__ = [
     "ApiError",
-    "ChatRequest",
+    "ProxyRequest",
     "CustomProvider",
     "ProviderNames",
     "USER_MESSAGE_REQUIRED",
     "check_messages",
     "check_type",
-    "parse_chat_request",
+    "parse_proxy_request",
     "parse_custom_provider",
     "parse_json_object",
     "split_model",

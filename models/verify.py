@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.chat import (
-    ChatRequest,
     CustomProvider,
+    ProxyRequest,
     check_messages,
     check_type,
     is_unicode,
@@ -46,10 +46,10 @@ class ModelRef:
     name: str  # the model name sent upstream
     custom: CustomProvider | None = None
 
-    def chat_request(self, payload: dict[str, Any]) -> ChatRequest:
+    def chat_request(self, payload: dict[str, Any]) -> ProxyRequest:
         """A chat request for this model with ``payload`` as its body (``model`` set here)."""
         body = dict(payload, model=self.name)
-        return ChatRequest(body=body, provider=self.provider, model=self.name, stream=False, custom=self.custom)
+        return ProxyRequest(body=body, provider=self.provider, model=self.name, stream=False, custom=self.custom)
 
 
 def resolve_model(value: Any, providers: Collection[str], custom: CustomProvider | None, param: str) -> ModelRef:

@@ -26,7 +26,7 @@ from tests.conftest import NODE_VARIABLES, SECRETS
 from tests.fake_router import ADMIN_TOKEN, FakeRouter
 from tests.mock_upstream import Behavior, MockUpstream
 from utils.netinfo import detect_local_ip
-from utils.router import RouterClient, first_token
+from utils.router_client import RouterClient, first_token
 from utils.upstream.transport import Transport
 
 IP = "10.1.2.3"

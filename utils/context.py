@@ -12,9 +12,9 @@ from utils.deadlines import Deadlines
 from utils.gate import ClientGate
 from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
-from utils.router import RouterStatus
+from utils.router_client import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
-from utils.upstream.routing import Route, Routing
+from utils.upstream.routing import Attempt, Routing
 from utils.upstream.usage import Usage
 
 
@@ -48,13 +48,13 @@ class NodeContext:
         self._idle: list[asyncio.Future[None]] = []
         self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
 
-    def count_tokens(self, route: Route, usage: Usage) -> None:
+    def count_tokens(self, attempt: Attempt, usage: Usage) -> None:
         """``mira_tokens_total``: the model label is the client's id when it is a listed model, else ``other``."""
-        provider = route.target.label
+        provider = attempt.target.label
         if provider == "custom":
             model = "custom"
         else:
-            model = route.model_id if route.model_id in self._listed else "other"
+            model = attempt.model_id if attempt.model_id in self._listed else "other"
         metrics.tokens(provider, model, usage.prompt, usage.completion)
 
     def admit(self, cancel: Cancel) -> None:

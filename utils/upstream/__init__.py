@@ -1,9 +1,14 @@
 """The upstream engine: everything between a validated request and the providers.
 
-* ``transport``: the one module that knows Tornado's curl client (``Transport``, ``Transfer``);
-* ``failures``: typed upstream failures and their one mapping to the caller's error;
-* ``client``: the attempt engine (retries with back-off) for JSON calls and streams;
+* ``transport``: the one module that knows Tornado's curl client (``Transport``, ``Transfer``,
+  ``UpstreamCall``, ``Reply``), for provider calls and the router client's alike;
+* ``failures``: typed upstream failures (what happened) and their one mapping to the caller's error;
+* ``policy``: what to do about a failure: retry, fall back, count against the circuit, back-off;
+* ``client``: the attempt engine: a request's plan of attempts, each retried as the policy says, for
+  JSON calls and streams;
+* ``routing``: a request's plan (the primary attempt, then its fallbacks) and the providers' circuits;
 * ``relay``: a stream's bytes to the client (backpressure, silence watchdog);
+* ``usage``: token usage read from answers and streams;
 * ``providers``: where a model name is sent (URL, key, headers);
 * ``guard``: which addresses a per-request custom provider may reach (SSRF).
 

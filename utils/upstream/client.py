@@ -45,7 +45,7 @@ from utils.upstream.guard import AddressGuard
 from utils.upstream.policy import Policy
 from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
-from utils.upstream.routing import Circuit, Route, provider_unavailable
+from utils.upstream.routing import Attempt, Circuit, provider_unavailable
 from utils.upstream.transport import Reply, Transfer, Transport, UpstreamCall, failure_of
 from utils.upstream.usage import StreamUsage, Usage, read_usage
 
@@ -133,10 +133,10 @@ class UpstreamResponse:
     usage: Usage | None = None
 
 
-def _name(error: ApiError, route: Route) -> ApiError:
-    """Mark an error with the model it is the answer of (X-Mira-Model), when the route names one."""
-    if route.model_id:
-        error.headers["X-Mira-Model"] = route.model_id
+def _name(error: ApiError, attempt: Attempt) -> ApiError:
+    """Mark an error with the model it is the answer of (X-Mira-Model), when the attempt names one."""
+    if attempt.model_id:
+        error.headers["X-Mira-Model"] = attempt.model_id
     return error
 
 
@@ -148,7 +148,7 @@ class UpstreamClient:
         settings: Settings,
         redactor: Redactor,
         circuit_of: Callable[[Target], Circuit | None] | None = None,
-        on_usage: Callable[[Route, Usage], None] | None = None,
+        on_usage: Callable[[Attempt, Usage], None] | None = None,
     ) -> None:
         # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
         # headers, Authorization included: never let it run.
@@ -183,20 +183,20 @@ class UpstreamClient:
         self, target: Target, body: bytes, cancel: Cancel | None = None, model_id: str = ""
     ) -> UpstreamResponse:
         """POST ``body`` and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
-        response, _ = await self.complete_routes((Route(model_id, target, body),), cancel)
+        response, _ = await self.complete_plan((Attempt(model_id, target, body),), cancel)
         return response
 
-    async def complete_routes(self, routes: Iterable[Route], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Route]:
-        """:meth:`complete` on the first route that answers; the answer and that route."""
-        response, route = await self._across(routes, self._attempt_json, cancel)
+    async def complete_plan(self, plan: Iterable[Attempt], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Attempt]:
+        """:meth:`complete` on the first attempt that answers; the answer and that attempt."""
+        response, attempt = await self._across(plan, self._attempt_json, cancel)
         if response.usage is not None and self.on_usage is not None:
-            self.on_usage(route, response.usage)
-        return response, route
+            self.on_usage(attempt, response.usage)
+        return response, attempt
 
-    async def stream_routes(
-        self, routes: Iterable[Route], sink: StreamSink, cancel: Cancel | None = None
-    ) -> tuple[StreamResult, Route]:
-        """Relay the first route's stream that answers to ``sink``, chunk by chunk.
+    async def stream_plan(
+        self, plan: Iterable[Attempt], sink: StreamSink, cancel: Cancel | None = None
+    ) -> tuple[StreamResult, Attempt]:
+        """Relay the first attempt's stream that answers to ``sink``, chunk by chunk.
 
         Before the first byte reaches the sink an upstream failure raises
         ``ApiError`` (after retries and fallbacks) so that the handler can
@@ -205,45 +205,45 @@ class UpstreamClient:
         """
         result = StreamResult()
 
-        def attempt(route: Route, cancel: Cancel | None) -> Awaitable[StreamResult]:
-            result.model_id = route.model_id
-            return self._attempt_stream(route, sink, result, cancel)
+        def try_once(attempt: Attempt, cancel: Cancel | None) -> Awaitable[StreamResult]:
+            result.model_id = attempt.model_id
+            return self._attempt_stream(attempt, sink, result, cancel)
 
-        result, route = await self._across(routes, attempt, cancel)
+        result, attempt = await self._across(plan, try_once, cancel)
         if result.usage is not None and self.on_usage is not None:
-            self.on_usage(route, result.usage)
-        return result, route
+            self.on_usage(attempt, result.usage)
+        return result, attempt
 
     # -- the attempt engine ------------------------------------------------------------
 
     async def _across(
-        self, routes: Iterable[Route], attempt: Callable[[Route, Cancel | None], Awaitable[T]], cancel: Cancel | None
-    ) -> tuple[T, Route]:
-        """Try each route in turn (skipping open circuits) until one answers; retry each as allowed.
+        self, plan: Iterable[Attempt], try_once: Callable[[Attempt, Cancel | None], Awaitable[T]], cancel: Cancel | None
+    ) -> tuple[T, Attempt]:
+        """Try each attempt in turn (skipping open circuits) until one answers; retry each as allowed.
 
         An attempt either returns or raises an :class:`UpstreamFailure`; the
         policy says whether it is tried again (with back-off), whether it
         counts against the provider's circuit (once that opens the provider is
-        not tried again), and whether the next route may avoid it; one that is
-        the request's own (400, 413, 422) ends the search. When every route
+        not tried again), and whether the next attempt may avoid it; one that is
+        the request's own (400, 413, 422) ends the search. When every attempt
         fails, the primary's error is raised, with ``X-Mira-Model``.
         """
         first: ApiError | None = None
-        previous: Route | None = None
+        previous: Attempt | None = None
         policy = self.policy
-        for route in routes:
-            target = route.target
+        for attempt in plan:
+            target = attempt.target
             circuit = self.circuit_of(target)
             if circuit is not None and not circuit.allow():
                 error = provider_unavailable(circuit)
             else:
                 if previous is not None:
                     metrics.fallback(previous.target.label, target.label)
-                    log.info("falling back from %s to %s", previous.model_id, route.model_id)
+                    log.info("falling back from %s to %s", previous.model_id, attempt.model_id)
                 tried = 0
                 while True:
                     try:
-                        value = await attempt(route, cancel)
+                        value = await try_once(attempt, cancel)
                     except UpstreamFailure as failure:
                         if circuit is not None and policy.counts_against_circuit(failure):
                             circuit.failure()
@@ -254,7 +254,7 @@ class UpstreamClient:
                         error = api_error(failure, self.redact)
                         if not policy.falls_back(failure):
                             if first is None:
-                                _name(error, route)
+                                _name(error, attempt)
                             raise first or error from None
                         break
                     if circuit is not None:
@@ -262,11 +262,11 @@ class UpstreamClient:
                             circuit.failure()
                         else:
                             circuit.success()
-                    return value, route
+                    return value, attempt
             if first is None:
-                first = _name(error, route)
-            previous = route
-        assert first is not None, "a plan has at least one route"
+                first = _name(error, attempt)
+            previous = attempt
+        assert first is not None, "a plan has at least one attempt"
         raise first
 
     async def _pause_before_retry(self, target: Target, failure: UpstreamFailure, tried: int, cancel: Cancel | None) -> None:
@@ -335,8 +335,8 @@ class UpstreamClient:
     def _new_transfer(self, cancel: Cancel | None) -> Transfer:
         return cancel.transfer() if cancel is not None else Transfer()
 
-    async def _attempt_json(self, route: Route, cancel: Cancel | None) -> UpstreamResponse:
-        target, body = route.target, route.body
+    async def _attempt_json(self, attempt: Attempt, cancel: Cancel | None) -> UpstreamResponse:
+        target, body = attempt.target, attempt.body
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
         try:
@@ -360,11 +360,13 @@ class UpstreamClient:
             raise InvalidStatus(target.provider, status)
         raise UpstreamStatus(target.provider, status, response.body or b"", response.headers.get("Retry-After"), target.api_key)
 
-    async def _attempt_stream(self, route: Route, sink: StreamSink, result: StreamResult, cancel: Cancel | None) -> StreamResult:
-        target, body = route.target, route.body
+    async def _attempt_stream(
+        self, attempt: Attempt, sink: StreamSink, result: StreamResult, cancel: Cancel | None
+    ) -> StreamResult:
+        target, body = attempt.target, attempt.body
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
-        usage = StreamUsage(route.strip_usage)
+        usage = StreamUsage(attempt.strip_usage)
         relay = Relay(sink, transfer, result, started, usage)
         relay.watch_silence(self.settings.upstream_timeout)
         try:

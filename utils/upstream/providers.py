@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings
-from models.chat import ChatRequest, ProviderNames
+from models.chat import ProviderNames, ProxyRequest
 from models.endpoints import CHAT, ENDPOINTS
 from models.jsonbody import json_bytes
 from utils.upstream.transport import header_lines
@@ -58,7 +58,7 @@ class ProviderRegistry:
         """Names of every provider a model may be prefixed with."""
         return list(self._targets)
 
-    def target_for(self, request: ChatRequest) -> Target:
+    def target_for(self, request: ProxyRequest) -> Target:
         """Where a validated request goes: its custom provider or a configured one, at its endpoint's path."""
         path = request.endpoint.path
         if request.custom is not None:
@@ -68,7 +68,7 @@ class ProviderRegistry:
             )
         return self._targets[request.provider][path]
 
-    def upstream_body(self, request: ChatRequest) -> bytes:
+    def upstream_body(self, request: ProxyRequest) -> bytes:
         """The JSON body sent upstream, with provider-specific additions and, where the node wants it, usage asked for."""
         body: dict[str, Any] = request.body
         if wants_injection(request, self.stream_usage):

@@ -22,14 +22,14 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from config import Settings
-from models.chat import ChatRequest, Fallback
+from models.chat import Fallback, ProxyRequest
 from models.errors import ApiError
 from utils import metrics
 from utils.upstream.providers import ProviderRegistry, Target
 from utils.upstream.usage import wants_injection
 
 
-class Route(NamedTuple):
+class Attempt(NamedTuple):
     """One target of a request: the model as the client names it, where it goes, the body it gets."""
 
     model_id: str  # "PROVIDER/MODEL" (a custom provider's model as given): X-Mira-Model
@@ -125,27 +125,29 @@ class Routing:
         return {name: ("up" if self.circuits[name].up else "down") if name in self.circuits else "up"
                 for name in self.registry.names}
 
-    def plan(self, request: ChatRequest, body: bytes) -> Plan:
-        """The request's routes in order: the primary (``body`` already encoded), then each fallback."""
+    def plan(self, request: ProxyRequest, body: bytes) -> Plan:
+        """The request's attempts in order: the primary (``body`` already encoded), then each fallback."""
         primary_id = header_safe(request.model if request.custom is not None else f"{request.provider}/{request.model}")
         strip = wants_injection(request, self.registry.stream_usage)
-        primary = Route(primary_id, self.registry.target_for(request), body, strip)
+        primary = Attempt(primary_id, self.registry.target_for(request), body, strip)
         fallbacks = request.fallbacks if request.fallbacks is not None else self.fallbacks.get(primary_id, ())
         return Plan(primary, request, fallbacks, self.registry)
 
 
 class Plan:
-    """A request's routes: :attr:`primary`, then each fallback, its body built when it is reached."""
+    """A request's attempts: :attr:`primary`, then each fallback, its body built when it is reached."""
 
     __slots__ = ("primary", "_request", "_fallbacks", "_registry")
 
-    def __init__(self, primary: Route, request: ChatRequest, fallbacks: Sequence[Fallback], registry: ProviderRegistry) -> None:
+    def __init__(
+        self, primary: Attempt, request: ProxyRequest, fallbacks: Sequence[Fallback], registry: ProviderRegistry
+    ) -> None:
         self.primary = primary
         self._request = request
         self._fallbacks = fallbacks
         self._registry = registry
 
-    def __iter__(self) -> Iterator[Route]:
+    def __iter__(self) -> Iterator[Attempt]:
         yield self.primary
         for fallback in self._fallbacks:
             other = dataclasses.replace(
@@ -154,4 +156,4 @@ class Plan:
             )
             strip = wants_injection(other, self._registry.stream_usage)
             target = self._registry.target_for(other)
-            yield Route(header_safe(fallback.id), target, self._registry.upstream_body(other), strip)
+            yield Attempt(header_safe(fallback.id), target, self._registry.upstream_body(other), strip)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from models.chat import ChatRequest
+from models.chat import ProxyRequest
 from models.endpoints import CHAT, COMPLETIONS
 
 _USAGE = b'"usage"'
@@ -50,7 +50,7 @@ def read_usage(data: bytes) -> Usage | None:
     return Usage(int(prompt.group(1)), int(completion.group(1)) if completion else 0)
 
 
-def wants_injection(request: ChatRequest, mode: str) -> bool:
+def wants_injection(request: ProxyRequest, mode: str) -> bool:
     """Whether the node adds ``stream_options.include_usage`` to this request (and strips the usage event)."""
     if mode != "inject" or not request.stream or request.custom is not None:
         return False

@@ -124,7 +124,7 @@ def default_machine_name() -> str:
 
 
 @dataclass(frozen=True)
-class Reply:
+class RouterAnswer:
     """What one router call came back with: an HTTP status, or 599 and a transport error."""
 
     status: int
@@ -213,7 +213,7 @@ class RouterClient:
 
     async def _call(
         self, method: str, url: str, token: str, payload: Any = None, timeout: float = REGISTER_TIMEOUT
-    ) -> Reply:
+    ) -> RouterAnswer:
         """One HTTP call with a bearer token; never raises on a failure, returns it.
 
         The whole call, a wait for a free connection slot included, is bounded
@@ -239,7 +239,7 @@ class RouterClient:
             await asyncio.wait((future,), timeout=timeout)
             if not future.done() and not transfer.started:
                 transfer.abort()  # refused when its turn comes
-                return Reply(599, error="no free connection slot in time", timed_out=True)
+                return RouterAnswer(599, error="no free connection slot in time", timed_out=True)
             if not future.done():  # running: libcurl's own timeouts end it
                 await asyncio.wait((future,))
             reply = future.result()
@@ -251,8 +251,8 @@ class RouterClient:
         if reply.code == 599:  # a libcurl error: refused, reset, timed out
             error = reply.error
             message = getattr(error, "message", None) or str(error) or error.__class__.__name__
-            return Reply(599, error=self.redact(message), timed_out=getattr(error, "errno", None) == _CURL_TIMED_OUT)
-        return Reply(reply.code, reply.body)
+            return RouterAnswer(599, error=self.redact(message), timed_out=getattr(error, "errno", None) == _CURL_TIMED_OUT)
+        return RouterAnswer(reply.code, reply.body)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -306,13 +306,13 @@ class RouterClient:
         )
         return token
 
-    async def _admin(self, method: str, url: str, what: str, payload: Any = None, accept: tuple[int, ...] = ()) -> Reply:
+    async def _admin(self, method: str, url: str, what: str, payload: Any = None, accept: tuple[int, ...] = ()) -> RouterAnswer:
         """An admin call, retried with doubling back-off on transient failures (the attempt policy's)."""
 
-        def settled(reply: Reply) -> bool:
+        def settled(reply: RouterAnswer) -> bool:
             return reply.ok or reply.status in accept or not reply.transient
 
-        def retry(reply: Reply, attempt: int, delay: float) -> None:
+        def retry(reply: RouterAnswer, attempt: int, delay: float) -> None:
             log.warning(
                 "router registration: could not %s (%s); attempt %d of %d, retrying in %.2fs",
                 what, reply.describe(), attempt, REGISTER_ATTEMPTS, delay,
@@ -330,7 +330,7 @@ class RouterClient:
             f" after {REGISTER_ATTEMPTS} attempts; check ROUTER_BASE_URL and that the router is up"
         )
 
-    def _refusal(self, method: str, url: str, what: str, reply: Reply) -> str:
+    def _refusal(self, method: str, url: str, what: str, reply: RouterAnswer) -> str:
         """The operator's message for a router answer that no retry will change."""
         if reply.status in (401, 403):
             return f"router registration failed: the router refused ADMIN_API_TOKEN (HTTP {reply.status} on {method} {url})"
