@@ -22,7 +22,7 @@ from models.errors import ERROR_TYPES, ApiError
 from models.jsonbody import json_bytes
 from utils import metrics
 from utils.context import NodeContext
-from utils.upstream import Cancel, Cancelled, shutdown_error
+from utils.upstream import Cancel, Cancelled, check_custom_provider, shutdown_error
 
 log = logging.getLogger("mira.handlers")
 
@@ -286,6 +286,13 @@ class ApiHandler(BaseHandler):
         if not self.accept_body and self.request.method != "OPTIONS":
             self._admit()
         super().prepare()
+
+    async def vet_models(self, models: Any) -> None:
+        """Verify and eval: note the providers asked (the access line), vet a custom provider (SSRF) before any call."""
+        self.provider = ",".join(sorted({ref.provider for ref in models}))
+        custom = models[0].custom
+        if custom is not None:
+            await check_custom_provider(custom, self.ctx.settings.custom_provider_allow_private)
 
     def forbid_client(self) -> None:
         """403 ``client_forbidden`` before the body is read, and the connection closed after it.

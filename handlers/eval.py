@@ -11,7 +11,6 @@ from tornado.iostream import StreamClosedError
 from handlers.base import ApiHandler
 from models.evaluation import parse_eval_request
 from utils.evaluation import EvalRun, format_csv_rows, make_cell_call, output_header
-from utils.upstream import check_custom_provider
 
 
 class EvalHandler(ApiHandler):
@@ -33,9 +32,7 @@ class EvalHandler(ApiHandler):
             self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, ctx.settings.eval_max_rows
         )
         table = request.table
-        self.provider = ",".join(sorted({ref.provider for ref in request.models}))
-        if request.models[0].custom is not None:
-            await check_custom_provider(request.models[0].custom, ctx.settings.custom_provider_allow_private)
+        await self.vet_models(request.models)
         self.start_streaming("text/csv; charset=utf-8")
 
         call = make_cell_call(ctx.upstream, ctx.registry, request, self.cancel)

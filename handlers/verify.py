@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler
 from models.verify import parse_verify_request
-from utils.upstream import check_custom_provider
 from utils.verify import run_verify
 
 
@@ -22,9 +21,7 @@ class VerifyHandler(ApiHandler):
         request = parse_verify_request(
             self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, ctx.settings.verify_default_model
         )
-        self.provider = ",".join(sorted({ref.provider for ref in request.models}))
-        if request.models[0].custom is not None:
-            await check_custom_provider(request.models[0].custom, ctx.settings.custom_provider_allow_private)
+        await self.vet_models(request.models)
         answer = await run_verify(ctx.upstream, ctx.registry, request, self.cancel)
         if self.cancel.cancelled:
             self.client_aborted = True
