@@ -30,6 +30,7 @@ from load import (
     stream_rounds,
 )
 from plan import (
+    BASELINE,
     FD_RESERVE,
     JSON_CONNECTIONS,
     NODE_VARIANTS,
@@ -166,6 +167,8 @@ class Bench:
         }
         for name, (_, extra) in NODE_VARIANTS.items():
             servers[name] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, extra=extra)
+        if BASELINE:
+            servers["baseline"] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, tree=BASELINE)
         for client in ("tornado", "node"):
             servers[f"floor-{client}"] = await start_floor(procs, upstream, client)
         rounds: dict[str, list[JsonResult]] = {name: [] for name in servers}
@@ -184,7 +187,7 @@ class Bench:
             "JSON bursts, bare Tornado handler", lambda: json_bursts(servers["bare"].port, plan.stream_rounds)
         )
         for name, server in servers.items():
-            if name in ("node", "workers", *NODE_VARIANTS):
+            if name in ("node", "workers", "baseline", *NODE_VARIANTS):
                 self.stop_node(server)
             else:
                 procs.stop(server.child)

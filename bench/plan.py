@@ -5,6 +5,7 @@ Shared by every module of ``bench/run.py``; it imports none of them.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -71,3 +72,6 @@ GATE_LIST = ", ".join([f"198.51.100.{i}" for i in range(1, 25)] + [f"2001:db8::{
 NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "gated": ("node with ALLOWED_CLIENTS (50 entries)", {"ALLOWED_CLIENTS": GATE_LIST}),
 }
+# BENCH_BASELINE=DIR: another checkout of the node (``git worktree add DIR REV``) runs as one more server of the
+# rounds, for before/after figures of a change from one sitting.
+BASELINE = os.environ.get("BENCH_BASELINE", "")

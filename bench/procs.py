@@ -152,14 +152,16 @@ async def start_floor(procs: Processes, upstream: Service, client: str) -> Servi
 
 
 async def start_node(
-    procs: Processes, upstream: Service, limit: int, workers: int = 1, extra: dict[str, str] | None = None
+    procs: Processes, upstream: Service, limit: int, workers: int = 1, extra: dict[str, str] | None = None,
+    tree: str = "",
 ) -> Service:
     """``python server.py`` on CPU 0 (PORT=0), ready once ``/health`` answers 200.
 
     With ``workers`` other than 1 the node's processes may run on both cores (this script itself is pinned to
     CPU 1, and a child started without taskset would inherit that).
     """
-    argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, "server.py"]
+    # ``tree``: another checkout's server.py (BENCH_BASELINE), to compare two versions in one sitting.
+    argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, str(Path(tree) / "server.py") if tree else "server.py"]
     node = Service("node", procs.start("node", argv, node_env(upstream.port, limit, workers, extra)), 0)
     await wait_listening(node, 30)
     status, body = await get_json(HOST, node.port, "/health", timeout=10)

@@ -137,6 +137,9 @@ def json_rows(m: Measurements) -> list[Row]:
     for name, (label, _) in NODE_VARIANTS.items():
         rows.append(ratio_row(f"CPU per JSON request: {label} / node, {rounds}", (medians.get(name), "node", node), " µs",
                               target="within noise"))
+    if "baseline" in medians:
+        rows.append(ratio_row(f"CPU per JSON request: node / the BENCH_BASELINE checkout, {rounds}",
+                              (node, "baseline", medians["baseline"]), " µs"))
     rps = {name: percentile([r.rps for r in results], 50) for name, results in m.rounds.items()}
     rps_w, rps_one = rps.get("workers"), rps.get("node")
     scale = rps_w / rps_one if rps_w is not None and rps_one else None
@@ -335,7 +338,7 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
     if any(m.rounds.values()):
         labels = {"node": "node", "workers": "WORKERS=0 node", "bare": "bare handler",
                   "floor-tornado": "proxy via Tornado's client", "floor-node": "proxy via the node's transport",
-                  **{name: label for name, (label, _) in NODE_VARIANTS.items()}}
+                  "baseline": "BENCH_BASELINE node", **{name: label for name, (label, _) in NODE_VARIANTS.items()}}
         cpu = "; ".join(
             f"{labels.get(name, name)} {', '.join(fmt(r.cpu_us, digits=0) for r in results)}"
             for name, results in m.rounds.items()
