@@ -39,6 +39,10 @@ PLANNED: dict[str, set[str]] = {
     "mira_tokens_total": {"provider", "model", "kind"},
     "mira_provider_up": {"provider"},
     "mira_fallbacks_total": {"from", "to"},
+    "mira_limit_refusals_total": {"provider", "limit"},  # limit: rpm, tpm, tokens_per_day
+    "mira_tokens_today": {"provider"},
+    "mira_provider_key_cooling": {"provider", "key"},  # key: the key's position in the pool, "1", "2", ...
+    "mira_redis_up": set(),  # only with REDIS_URL set: absent from the test node's /metrics unless it sets one
 }
 PROMETHEUS_OWN = {"up"}  # made by Prometheus itself, not by the node
 ADDED_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
@@ -56,6 +60,7 @@ REQUIRED_ON_DASHBOARD = {
 }
 REQUIRED_ALERTS = {
     "MiraNodeDown", "MiraNodeErrorRatioHigh", "MiraHeartbeatsFailing", "MiraProviderDown", "MiraUpstreamErrorsHigh",
+    "MiraLimitRefusals", "MiraBudgetExhausted", "MiraProviderKeysCooling", "MiraProviderKeyCoolingLong", "MiraRedisDown",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
