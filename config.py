@@ -216,11 +216,28 @@ def setting(
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    """Where one provider lives and the key it is called with (may be empty)."""
+    """Where one provider lives and the keys it is called with (none, one, or a pool taken in turn)."""
 
     name: str
     base_url: str
-    api_key: str = field(repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def api_key(self) -> str:
+        """The first key ('' when there is none)."""
+        return self.api_keys[0] if self.api_keys else ""
+
+
+LIMIT_NAMES = ("rpm", "tpm", "tokens_per_day")
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    """One provider's entry of PROVIDER_LIMITS_FILE; None: no such limit."""
+
+    rpm: int | None = None  # calls started in the last 60 s
+    tpm: int | None = None  # prompt + completion tokens reported in the last 60 s
+    tokens_per_day: int | None = None  # prompt + completion tokens since 00:00 UTC
 
 
 @dataclass(frozen=True)
@@ -360,15 +377,26 @@ class Settings:
         "comma-separated OpenRouter providers sent as `\"provider\": {\"ignore\": [...]}` unless a request sets"
         " `provider`",
     )
-    # Derived by load_settings: the providers' URLs and keys, and the contents of the two files.
+    key_cooldown: float = setting(
+        "KEY_COOLDOWN", 60.0, _float(0.0, strict=True),
+        "seconds a key of a provider's pool rests after an upstream 401, or a 429 without `Retry-After`"
+        " ([Keys, limits and budgets](#keys-limits-and-budgets))",
+    )
+    provider_limits_file: str = setting(
+        "PROVIDER_LIMITS_FILE", "", _text,
+        "JSON object `{provider: {\"rpm\": N, \"tpm\": N, \"tokens_per_day\": N}}`, each field optional"
+        " ([Keys, limits and budgets](#keys-limits-and-budgets)); a bad file stops start-up (exit 2)",
+    )
+    # Derived by load_settings: the providers' URLs and keys, and the contents of the three files.
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    provider_limits: Mapping[str, ProviderLimits] = field(default_factory=dict)  # PROVIDER_LIMITS_FILE
     supported_models: tuple[str, ...] = field(default=(), repr=False)  # SUPPORTED_MODELS_FILE's ids, without repeats
     model_fallbacks: Mapping[str, tuple[Fallback, ...]] = field(default_factory=dict, repr=False)  # MODEL_FALLBACKS_FILE
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and messages."""
         values = [self.admin_api_token, self.machine_api_token, *self.service_api_keys]
-        values += [p.api_key for p in self.providers.values()]
+        values += [key for p in self.providers.values() for key in p.api_keys]
         return [v for v in values if v]
 
 
@@ -476,13 +504,43 @@ def load_fallbacks(path: str, providers: ProviderNames) -> dict[str, tuple[Fallb
     return table
 
 
+def load_limits(path: str, providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderLimits]:
+    """PROVIDER_LIMITS_FILE: ``{provider: {"rpm": N, "tpm": N, "tokens_per_day": N}}``; ConfigError otherwise.
+
+    Every provider must be a configured one, every field one of the three
+    (a typo would silently lift a limit), every limit a whole number, 0 or more.
+    """
+    if not path:
+        return {}
+    where = f"PROVIDER_LIMITS_FILE={path!r}"
+    try:
+        data = ujson.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a JSON object of provider -> {{\"rpm\", \"tpm\", \"tokens_per_day\"}}")
+    table: dict[str, ProviderLimits] = {}
+    for provider, entry in data.items():
+        if provider not in providers:
+            raise ConfigError(f"{where}: unknown provider {provider[:40]!r} (one of {', '.join(providers)})")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: the value of {provider!r} must be an object with rpm, tpm, tokens_per_day")
+        for name, value in entry.items():
+            if name not in LIMIT_NAMES:
+                raise ConfigError(f"{where}: {provider}: unknown limit {name[:40]!r} (one of {', '.join(LIMIT_NAMES)})")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{where}: {provider}.{name} must be a whole number, 0 or more (got {str(value)[:40]})")
+        table[provider] = ProviderLimits(**entry)
+    return table
+
+
 def load_settings(env_file: str | None = None) -> Settings:
     """Read and validate every setting; raise :class:`ConfigError` on a bad value."""
     config = _make_config(env_file)
     read = {row.env: _read(config, row) for row in SETTINGS if row is not ENV_FILE}
     values = {row.attr: read[row.env] for row in SETTINGS if row.attr}
     providers = {
-        name: ProviderSettings(name=name, base_url=read[url_var], api_key=read[key_var])
+        name: ProviderSettings(name=name, base_url=read[url_var], api_keys=_csv(read[key_var]))
         for name, (url_var, _, key_var) in PROVIDER_DEFAULTS.items()
     }
     _check(values, providers)
@@ -492,4 +550,5 @@ def load_settings(env_file: str | None = None) -> Settings:
         providers=providers,
         supported_models=load_models(values["supported_models_file"]),
         model_fallbacks=load_fallbacks(values["model_fallbacks_file"], routable),
+        provider_limits=load_limits(values["provider_limits_file"], providers),
     )

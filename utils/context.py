@@ -14,6 +14,7 @@ from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.router_client import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
+from utils.upstream.ledger import LocalLedger
 from utils.upstream.routing import Attempt, Routing
 from utils.upstream.usage import Usage
 
@@ -41,7 +42,9 @@ class NodeContext:
             escape_forward_slashes=False,
         ).encode()
         self.machine_ip = settings.machine_ip or detect_local_ip()
-        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens)
+        # key pools, limits and budgets (per process)
+        self.ledger = LocalLedger(self.registry.pools, settings.provider_limits)
+        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens, self.ledger)
         self.in_flight = 0
         self.body_deadlines = Deadlines()  # REQUEST_BODY_TIMEOUT of the bodies still arriving
         self.draining = False

@@ -41,6 +41,18 @@ HEARTBEAT_FAILURES = Counter(
 PROVIDER_UP = Gauge("mira_provider_up", "1 unless the provider's circuit is open", ["provider"], multiprocess_mode="min")
 FALLBACKS = Counter("mira_fallbacks", "Switches from a failing provider to the next fallback", ["from", "to"])
 TOKENS = Counter("mira_tokens", "Tokens upstream answers reported, by provider, model and kind", ["provider", "model", "kind"])
+LIMIT_REFUSALS = Counter(
+    "mira_limit_refusals", "Calls the node refused itself: a provider limit reached (rpm, tpm, tokens_per_day)",
+    ["provider", "limit"],
+)
+# Per process without REDIS_URL, the shared count with it: "max" shows the fullest worker either way.
+TOKENS_TODAY = Gauge(
+    "mira_tokens_today", "Tokens a provider with limits used since 00:00 UTC", ["provider"], multiprocess_mode="max"
+)
+KEY_COOLING = Gauge(
+    "mira_provider_key_cooling", "1 while a key of a provider's pool cools (key: its position)", ["provider", "key"],
+    multiprocess_mode="max",
+)
 
 
 class _Batch:
@@ -213,3 +225,16 @@ def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
         _add(cells[0], prompt)
     if completion:
         _add(cells[1], completion)
+
+
+def limit_refusal(provider: str, limit: str) -> None:
+    _child(LIMIT_REFUSALS, provider, limit).inc()
+
+
+def tokens_today(provider: str, count: int) -> None:
+    _child(TOKENS_TODAY, provider).set(count)
+
+
+def key_cooling(provider: str, position: int, cooling: bool) -> None:
+    """``position``: the key's place in the pool, from 1."""
+    _child(KEY_COOLING, provider, str(position)).set(1 if cooling else 0)

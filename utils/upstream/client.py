@@ -42,6 +42,7 @@ from utils.upstream.failures import (
     api_error,
 )
 from utils.upstream.guard import AddressGuard
+from utils.upstream.ledger import KEYS_COOLING, Ledger, LocalLedger, Ticket, refusal
 from utils.upstream.policy import Policy
 from utils.upstream.providers import Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
@@ -149,6 +150,7 @@ class UpstreamClient:
         redactor: Redactor,
         circuit_of: Callable[[Target], Circuit | None] | None = None,
         on_usage: Callable[[Attempt, Usage], None] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
         # headers, Authorization included: never let it run.
@@ -160,6 +162,8 @@ class UpstreamClient:
         self.loop = self.transport.loop
         self.circuit_of = circuit_of or (lambda target: None)
         self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage
+        # key pools, limits and budgets of the gated targets (an empty one when none is gated)
+        self.ledger: Ledger = ledger if ledger is not None else LocalLedger({}, {})
 
     def idle(self) -> bool:
         """No transfer running or waiting for a slot."""
@@ -189,8 +193,8 @@ class UpstreamClient:
     async def complete_plan(self, plan: Iterable[Attempt], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Attempt]:
         """:meth:`complete` on the first attempt that answers; the answer and that attempt."""
         response, attempt = await self._across(plan, self._attempt_json, cancel)
-        if response.usage is not None and self.on_usage is not None:
-            self.on_usage(attempt, response.usage)
+        if response.usage is not None:
+            self._used(attempt, response.usage)
         return response, attempt
 
     async def stream_plan(
@@ -210,9 +214,16 @@ class UpstreamClient:
             return self._attempt_stream(attempt, sink, result, cancel)
 
         result, attempt = await self._across(plan, try_once, cancel)
-        if result.usage is not None and self.on_usage is not None:
-            self.on_usage(attempt, result.usage)
+        if result.usage is not None:
+            self._used(attempt, result.usage)
         return result, attempt
+
+    def _used(self, attempt: Attempt, usage: Usage) -> None:
+        """An answer's reported tokens: metrics, and the provider's limits when it has any."""
+        if self.on_usage is not None:
+            self.on_usage(attempt, usage)
+        if attempt.target.limited:
+            self.ledger.spend(attempt.target.label, usage.prompt + usage.completion)
 
     # -- the attempt engine ------------------------------------------------------------
 
@@ -230,7 +241,7 @@ class UpstreamClient:
         """
         first: ApiError | None = None
         previous: Attempt | None = None
-        policy = self.policy
+        policy, ledger = self.policy, self.ledger
         for attempt in plan:
             target = attempt.target
             circuit = self.circuit_of(target)
@@ -240,11 +251,26 @@ class UpstreamClient:
                 if previous is not None:
                     metrics.fallback(previous.target.label, target.label)
                     log.info("falling back from %s to %s", previous.model_id, attempt.model_id)
-                tried = 0
+                tried = switches = 0
+                key = 0
                 while True:
+                    if target.gated:
+                        # a key pool or limits: the ledger picks the key, or refuses the call before it is sent
+                        ticket = await ledger.take(target.label)
+                        if ticket.refused:
+                            error = self._refused(target, ticket)
+                            break
+                        key = ticket.key
+                        if target.pool:
+                            attempt = attempt._replace(target=target.pool[key])
                     try:
                         value = await try_once(attempt, cancel)
                     except UpstreamFailure as failure:
+                        if target.pool and policy.cools_key(failure) and switches < len(target.pool):
+                            assert isinstance(failure, UpstreamStatus)
+                            switches += 1
+                            await self._rest_key(target, key, failure)
+                            continue  # the same attempt on the next key: no retry, no circuit failure
                         if circuit is not None and policy.counts_against_circuit(failure):
                             circuit.failure()
                         if policy.may_retry(failure, tried) and (circuit is None or circuit.up):
@@ -268,6 +294,22 @@ class UpstreamClient:
             previous = attempt
         assert first is not None, "a plan has at least one attempt"
         raise first
+
+    def _refused(self, target: Target, ticket: Ticket) -> ApiError:
+        """A call the ledger refused: counted and logged; the error it answers with if no fallback is left."""
+        if ticket.refused != KEYS_COOLING:
+            metrics.limit_refusal(target.label, ticket.refused)
+        log.info("not calling %s API: %s (free again in %ds)", target.provider,
+                 "every key cooling" if ticket.refused == KEYS_COOLING else f"{ticket.refused} limit reached",
+                 ticket.retry_after)
+        return refusal(target.provider, ticket)
+
+    async def _rest_key(self, target: Target, key: int, failure: UpstreamStatus) -> None:
+        """Rest the key (by position) that got ``failure``, before the attempt goes to the next one."""
+        seconds = self.policy.key_rest(failure)
+        log.warning("%s API answered HTTP %d to key %d of %d: it rests for %gs", target.provider, failure.status,
+                    key + 1, len(target.pool), seconds)
+        await self.ledger.cool(target.label, key, seconds)
 
     async def _pause_before_retry(self, target: Target, failure: UpstreamFailure, tried: int, cancel: Cancel | None) -> None:
         """The back-off before retry number ``tried`` (an upstream ``Retry-After`` wins)."""

@@ -13,6 +13,10 @@ module says what the node does about it. The attempt engine
   (connection failure, timeout, 5xx; not a 4xx, not a 429);
 * :meth:`Policy.backoff`: the pause before a retry (doubling, with jitter; an
   upstream ``Retry-After`` wins, up to :data:`MAX_RETRY_AFTER`);
+* :meth:`Policy.cools_key` and :meth:`Policy.key_rest`: with a key pool, an
+  upstream 401 or 429 rests that key (the 429's ``Retry-After`` up to
+  :data:`MAX_KEY_REST`, else KEY_COOLDOWN) and the same attempt goes at once
+  to the next key: no retry, no circuit failure, no fallback;
 * :func:`retrying`: the router client's registration calls, retried on
   :func:`router_retryable` answers with the same doubling back-off.
 """
@@ -33,6 +37,9 @@ FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))  # 4xx another provider
 MAX_RETRY_AFTER = 30.0  # seconds: the longest upstream Retry-After the node waits before a retry
 RETRYABLE_FAILURES = (ConnectFailed, ConnectionLost)  # no answer, where a new connection may get one
 NODE_REFUSALS = (Forbidden, QueueTimeout)  # the node's own refusals: no provider is to blame
+KEY_REST_STATUSES = frozenset((401, 429))  # with a key pool: that key rests, the next one takes the attempt
+MAX_KEY_REST = 300.0  # seconds: the longest upstream Retry-After a key rests for
+MIN_KEY_REST = 1.0  # and the shortest (a "Retry-After: 0" key is not taken again in the same breath)
 REGISTER_ATTEMPTS = 5  # tries per router registration call
 
 T = TypeVar("T")
@@ -42,11 +49,12 @@ log = logging.getLogger("mira.upstream")
 class Policy:
     """What to do after a failed attempt, with the numbers of one node's settings."""
 
-    __slots__ = ("retries", "backoff_base")
+    __slots__ = ("retries", "backoff_base", "key_cooldown")
 
     def __init__(self, settings: Settings) -> None:
         self.retries = settings.upstream_retries
         self.backoff_base = settings.retry_backoff
+        self.key_cooldown = settings.key_cooldown
 
     @staticmethod
     def retryable(failure: UpstreamFailure) -> bool:
@@ -72,6 +80,22 @@ class Policy:
     def may_retry(self, failure: UpstreamFailure, tried: int) -> bool:
         """Retry ``failure`` after ``tried`` retries of the same attempt?"""
         return tried < self.retries and self.retryable(failure)
+
+    @staticmethod
+    def cools_key(failure: UpstreamFailure) -> bool:
+        """Whether ``failure`` rests the key that got it (asked only of a pool of two or more keys)."""
+        return isinstance(failure, UpstreamStatus) and failure.status in KEY_REST_STATUSES
+
+    def key_rest(self, failure: UpstreamStatus) -> float:
+        """Seconds a key rests after ``failure``: a 429's ``Retry-After`` (at most 5 minutes), else KEY_COOLDOWN."""
+        if failure.status == 429 and failure.retry_after:
+            try:
+                seconds = float(failure.retry_after)
+            except ValueError:
+                return self.key_cooldown
+            if seconds == seconds and seconds >= 0:
+                return min(max(seconds, MIN_KEY_REST), MAX_KEY_REST)
+        return self.key_cooldown
 
     def backoff(self, tried: int, retry_after: str | None = None) -> float:
         """Seconds before retry number ``tried`` (1, 2, ...): an upstream ``Retry-After`` wins, up to the cap."""

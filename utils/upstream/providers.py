@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from config import Settings
@@ -23,6 +23,11 @@ class Target:
     label: str = ""  # bounded metrics label: the configured name, or "custom"
     header_lines: list[bytes] = field(default_factory=list, repr=False)  # as libcurl takes them
     guarded: bool = False  # connect only to public addresses (a custom provider, see utils.upstream.guard)
+    # Keys, limits and budgets (utils.upstream.ledger): a provider with a key pool or limits asks the ledger
+    # before each call (gated); ``pool`` holds the target of each key of a pool of two or more.
+    gated: bool = False
+    limited: bool = False  # its answers' tokens are counted against its limits
+    pool: tuple[Target, ...] = field(default=(), repr=False)
 
 
 class ProviderRegistry:
@@ -31,9 +36,11 @@ class ProviderRegistry:
     def __init__(self, settings: Settings) -> None:
         # provider name -> upstream path -> target, for every proxied endpoint
         self._targets: dict[str, dict[str, Target]] = {
-            name: {e.path: self.make_target(name, p.base_url, p.api_key, path=e.path) for e in ENDPOINTS}
+            name: {e.path: self._configured(name, p.base_url, p.api_keys, name in settings.provider_limits, e.path)
+                   for e in ENDPOINTS}
             for name, p in settings.providers.items()
         }
+        self.pools = {name: len(p.api_keys) for name, p in settings.providers.items()}  # keys per provider
         self.routable = ProviderNames(self._targets, settings.default_provider)  # what requests' models are split by
         self._openrouter_ignore = list(settings.openrouter_ignored_providers)
         self._guard_custom = not settings.custom_provider_allow_private
@@ -52,6 +59,16 @@ class ProviderRegistry:
         return Target(
             provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines, guarded=guarded
         )
+
+    @classmethod
+    def _configured(cls, name: str, base_url: str, keys: tuple[str, ...], limited: bool, path: str) -> Target:
+        """A configured provider's target; with a pool or limits, gated, with a target per key."""
+        keyed = tuple(cls.make_target(name, base_url, key, path=path) for key in keys or ("",))
+        if len(keyed) == 1 and not limited:
+            return keyed[0]
+        if limited:
+            keyed = tuple(replace(target, limited=True) for target in keyed)
+        return replace(keyed[0], gated=True, pool=keyed if len(keyed) > 1 else ())
 
     @property
     def names(self) -> list[str]:

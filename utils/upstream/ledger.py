@@ -1,0 +1,218 @@
+"""Provider keys, limits and budgets: what the node may spend, and the state that decides it.
+
+The attempt engine asks one small interface, :class:`Ledger`, before each call
+to a provider that has a key pool (two or more keys) or limits
+(PROVIDER_LIMITS_FILE), and tells it what happened after:
+
+* :meth:`Ledger.take`: check the provider's limits, pick its next key that is
+  not cooling, and count the call, as one decision: a :class:`Ticket` with the
+  key's position, or the reason it is refused and the seconds until it would
+  not be;
+* :meth:`Ledger.cool`: a key got an upstream 401 or 429; rest it;
+* :meth:`Ledger.spend`: the tokens an answer reported (``tpm``, ``tokens_per_day``).
+
+:class:`LocalLedger` keeps that state in this process. A shared one (Redis)
+implements the same three calls, each in one round trip. Providers with one key
+and no limits never reach the ledger: the engine checks ``Target.gated``.
+
+Windows are kept in one-second steps: ``rpm`` counts the calls started in the
+last 60 seconds, ``tpm`` the tokens reported in them; ``tokens_per_day`` counts
+from 00:00 UTC. Times are the wall clock (:attr:`LocalLedger.clock`, which
+tests replace), so that nodes sharing the state agree on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
+
+from config import ProviderLimits
+from models.errors import ApiError
+from utils import metrics
+
+WINDOW = 60  # seconds of an rpm or tpm window
+DAY = 86400
+KEYS_COOLING = "keys_cooling"  # Ticket.refused when every key of the pool is cooling
+CODES = {"rpm": "rate_limited", "tpm": "rate_limited", "tokens_per_day": "budget_exceeded", KEYS_COOLING: "provider_keys_cooling"}
+
+log = logging.getLogger("mira.upstream")
+
+
+class Ticket(NamedTuple):
+    """The ledger's answer to one call: the key to use, or why not."""
+
+    key: int = 0  # position of the key in the provider's pool (0-based)
+    refused: str = ""  # "" (go), "rpm", "tpm", "tokens_per_day" or KEYS_COOLING
+    retry_after: int = 0  # whole seconds until the call would not be refused
+
+
+GO = Ticket()
+
+
+class Ledger(Protocol):
+    """The state behind key pools, limits and budgets (see the module docstring)."""
+
+    async def take(self, provider: str) -> Ticket: ...
+
+    async def cool(self, provider: str, key: int, seconds: float) -> None: ...
+
+    def spend(self, provider: str, tokens: int) -> None: ...
+
+
+def refusal(provider: str, ticket: Ticket) -> ApiError:
+    """The 429 a refused call answers with, when no fallback is left."""
+    reason, seconds = ticket.refused, ticket.retry_after
+    if reason == KEYS_COOLING:
+        message = f"Every key of {provider} API is cooling after rate-limit or auth errors; retry in {seconds}s"
+    elif reason == "tokens_per_day":
+        message = f"The daily token budget (tokens_per_day) of {provider} API is spent; it renews at 00:00 UTC"
+    else:
+        message = f"The {reason} limit of {provider} API is reached on this node; retry in {seconds}s"
+    return ApiError(429, message, type="rate_limit_error", code=CODES[reason], headers={"Retry-After": str(seconds)})
+
+
+def seconds_until(moment: float, now: float) -> int:
+    """Whole seconds from ``now`` to ``moment``, at least 1."""
+    return max(1, math.ceil(moment - now))
+
+
+class _Book:
+    """One provider's state in this process."""
+
+    __slots__ = ("name", "keys", "turn", "cool_until", "limits", "steps", "calls", "tokens", "day", "today")
+
+    def __init__(self, name: str, keys: int, limits: ProviderLimits | None) -> None:
+        self.name = name
+        self.keys = keys
+        self.turn = 0  # the position the next call starts looking from
+        self.cool_until = [0.0] * keys  # wall-clock time each key is free again
+        self.limits = limits
+        self.steps: deque[list[int]] = deque()  # [second, calls, tokens] of the last WINDOW seconds, oldest first
+        self.calls = 0  # sums over ``steps``
+        self.tokens = 0
+        self.day = -1  # days since the epoch that ``today`` counts
+        self.today = 0
+
+    def slide(self, now: float) -> None:
+        """Drop the steps that left the window, and yesterday's count."""
+        steps, oldest = self.steps, int(now) - WINDOW
+        while steps and steps[0][0] <= oldest:
+            _, calls, tokens = steps.popleft()
+            self.calls -= calls
+            self.tokens -= tokens
+        day = int(now // DAY)
+        if day != self.day:
+            self.day, self.today = day, 0
+            if self.limits is not None and self.limits.tokens_per_day is not None:
+                metrics.tokens_today(self.name, 0)
+
+    def step(self, now: float) -> list[int]:
+        second = int(now)
+        steps = self.steps
+        if not steps or steps[-1][0] != second:
+            steps.append([second, 0, 0])
+        return steps[-1]
+
+    def room_at(self, field: int, limit: int) -> float:
+        """When the window's sum of ``field`` (1 calls, 2 tokens) drops below ``limit``."""
+        left = self.calls if field == 1 else self.tokens
+        for step in self.steps:
+            left -= step[field]
+            if left < limit:
+                return step[0] + WINDOW
+        return (self.steps[-1][0] if self.steps else 0) + WINDOW
+
+    def check(self, now: float) -> Ticket:
+        """Refuse when a limit is reached (no change), else GO."""
+        limits = self.limits
+        if limits is None:
+            return GO
+        if limits.tokens_per_day is not None and self.today >= limits.tokens_per_day:
+            return Ticket(0, "tokens_per_day", seconds_until((self.day + 1) * DAY, now))
+        if limits.rpm is not None and self.calls >= limits.rpm:
+            return Ticket(0, "rpm", seconds_until(max(self.room_at(1, limits.rpm), now + 1), now))
+        if limits.tpm is not None and self.tokens >= limits.tpm:
+            return Ticket(0, "tpm", seconds_until(max(self.room_at(2, limits.tpm), now + 1), now))
+        return GO
+
+
+class LocalLedger:
+    """Key pools, limits and budgets kept in this process (per worker)."""
+
+    def __init__(
+        self, pools: Mapping[str, int], limits: Mapping[str, ProviderLimits], clock: Callable[[], float] = time.time
+    ) -> None:
+        """``pools``: provider -> number of keys; ``limits``: PROVIDER_LIMITS_FILE's entries."""
+        self.clock = clock
+        self.books = {name: _Book(name, max(keys, 1), limits.get(name)) for name, keys in pools.items()}
+        self._timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+
+    async def take(self, provider: str) -> Ticket:
+        return self.take_now(provider)
+
+    def take_now(self, provider: str) -> Ticket:
+        """:meth:`take` without the await (the shared ledger decides here while Redis is away)."""
+        book = self.books[provider]
+        now = self.clock()
+        book.slide(now)
+        ticket = book.check(now)
+        if ticket.refused:
+            return ticket
+        key = 0
+        if book.keys > 1:
+            until = book.cool_until
+            for offset in range(book.keys):
+                key = (book.turn + offset) % book.keys
+                if until[key] <= now:
+                    break
+            else:
+                return Ticket(0, KEYS_COOLING, seconds_until(min(until), now))
+            book.turn = key + 1
+        limits = book.limits
+        if limits is not None and limits.rpm is not None:
+            book.step(now)[1] += 1
+            book.calls += 1
+        return Ticket(key)
+
+    async def cool(self, provider: str, key: int, seconds: float) -> None:
+        self.cool_now(provider, key, seconds)
+
+    def cool_now(self, provider: str, key: int, seconds: float) -> None:
+        book = self.books[provider]
+        book.cool_until[key] = max(book.cool_until[key], self.clock() + seconds)
+        self.show_cooling(provider, key, seconds)
+
+    def show_cooling(self, provider: str, key: int, seconds: float) -> None:
+        """``mira_provider_key_cooling`` is 1 for ``seconds`` (measured on the loop's clock)."""
+        metrics.key_cooling(provider, key + 1, True)
+        timer = self._timers.pop((provider, key), None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timers[(provider, key)] = loop.call_later(seconds, self._rested, provider, key)
+
+    def _rested(self, provider: str, key: int) -> None:
+        self._timers.pop((provider, key), None)
+        metrics.key_cooling(provider, key + 1, False)
+
+    def spend(self, provider: str, tokens: int) -> None:
+        book = self.books[provider]
+        limits = book.limits
+        if limits is None or tokens <= 0:
+            return
+        now = self.clock()
+        book.slide(now)
+        if limits.tpm is not None:
+            book.step(now)[2] += tokens
+            book.tokens += tokens
+        if limits.tokens_per_day is not None:
+            book.today += tokens
+            metrics.tokens_today(provider, book.today)
