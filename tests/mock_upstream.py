@@ -162,6 +162,7 @@ class MockUpstream(LoopbackServer):
         super().__init__()
         self._records: list[Recorded] = []
         self._by_model: dict[str, Behavior] = {}
+        self._by_key: dict[str, Behavior] = {}
         self._queue: collections.deque[Behavior] = collections.deque()
         self._default = Behavior()
         self._in_flight = 0
@@ -200,6 +201,11 @@ class MockUpstream(LoopbackServer):
         with self._cond:
             self._by_model[model] = behavior
 
+    def set_key_behavior(self, suffix: str, behavior: Behavior) -> None:
+        """Answer requests whose bearer key ends with ``suffix`` with ``behavior`` (before per-model behaviours)."""
+        with self._cond:
+            self._by_key[suffix] = behavior
+
     def push(self, behavior: Behavior) -> None:
         """Queue ``behavior`` for the next chat request (FIFO, any model)."""
         with self._cond:
@@ -214,16 +220,25 @@ class MockUpstream(LoopbackServer):
         with self._cond:
             self._records.clear()
             self._by_model.clear()
+            self._by_key.clear()
             self._queue.clear()
             self._default = Behavior()
             self._max_in_flight = self._in_flight
             self._cond.notify_all()
 
-    def _choose(self, body: Any) -> Behavior:
-        """Pick (and consume, if queued) the behaviour for a chat request body."""
+    def _choose(self, body: Any, authorization: str = "") -> Behavior:
+        """Pick (and consume, if queued) the behaviour for a chat request body and its Authorization header.
+
+        Precedence: the queue, the bearer key's suffix, the model, the default.
+        """
         with self._cond:
             if self._queue:
                 return self._queue.popleft()
+            if self._by_key and authorization.startswith("Bearer "):
+                key = authorization[7:]
+                for suffix, behavior in self._by_key.items():
+                    if key.endswith(suffix):
+                        return behavior
             model = body.get("model") if isinstance(body, dict) else None
             if isinstance(model, str) and model in self._by_model:
                 return self._by_model[model]
@@ -389,7 +404,7 @@ class _ChatHandler(_BaseHandler):
         """Answer with the chosen behaviour; stop quietly if the client leaves."""
         assert self.record is not None
         body = self.record.json
-        behavior = self.mock._choose(body)
+        behavior = self.mock._choose(body, self.request.headers.get("Authorization", ""))
         with contextlib.suppress(_ClientGone, tornado.iostream.StreamClosedError):
             await self.answer(behavior, body if isinstance(body, dict) else None)
 

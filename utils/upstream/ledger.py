@@ -151,6 +151,11 @@ class LocalLedger:
         self.clock = clock
         self.books = {name: _Book(name, max(keys, 1), limits.get(name)) for name, keys in pools.items()}
         self._timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+        for name, book in self.books.items():  # every series there from the start, at rest
+            for key in range(book.keys if book.keys > 1 else 0):
+                metrics.key_cooling(name, key + 1, False)
+            if book.limits is not None and book.limits.tokens_per_day is not None:
+                metrics.tokens_today(name, 0)
 
     async def take(self, provider: str) -> Ticket:
         return self.take_now(provider)
