@@ -69,8 +69,14 @@ def log(message: str) -> None:
 # Nodes that differ from the plain one by a feature a request may or may not use, measured in the same
 # alternated JSON rounds: name -> (label, the settings that turn the feature on).
 GATE_LIST = ", ".join([f"198.51.100.{i}" for i in range(1, 25)] + [f"2001:db8::{i:x}" for i in range(1, 26)] + ["127.0.0.0/8"])
+POOL = ",".join(f"sk-bench-pool-key-{i}" for i in range(1, 4))
+LIMITS = {  # three providers with three keys each and every limit set (bench/limits.json: never reached)
+    "OPENAI_API_KEY": POOL, "GROQ_API_KEY": POOL, "ANTHROPIC_API_KEY": POOL,
+    "PROVIDER_LIMITS_FILE": str(Path(__file__).resolve().parent / "limits.json"),
+}
 NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "gated": ("node with ALLOWED_CLIENTS (50 entries)", {"ALLOWED_CLIENTS": GATE_LIST}),
+    "limits": ("node with key pools and limits (3 providers x 3 keys, rpm/tpm/tokens_per_day)", LIMITS),
 }
 # BENCH_BASELINE=DIR: another checkout of the node (``git worktree add DIR REV``) runs as one more server of the
 # rounds, for before/after figures of a change from one sitting.

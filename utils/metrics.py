@@ -58,6 +58,8 @@ KEY_COOLING = Gauge(
 class _Batch:
     """Counter, gauge and histogram updates made in one loop turn, applied together at its end.
 
+    Gauges set on a request's path (``mira_tokens_today``) go through it too: the turn's last value wins.
+
     A prometheus_client update takes a lock (and in multi-process mode writes
     its file); requests answered in the same turn mostly update the same
     samples, so each sample is updated once a turn: a counter or gauge with
@@ -69,12 +71,18 @@ class _Batch:
 
     def __init__(self) -> None:
         self.incs: dict[Callable[[float], None], float] = {}
+        self.sets: dict[Callable[[float], None], float] = {}  # a gauge's set: the turn's last value wins
         self.observed: dict[Any, list[float]] = {}
         self.armed = False
 
     def add(self, inc: Callable[[float], None], amount: float) -> None:
         incs = self.incs
         incs[inc] = incs.get(inc, 0) + amount
+        if not self.armed:
+            self._arm()
+
+    def set(self, setter: Callable[[float], None], value: float) -> None:
+        self.sets[setter] = value
         if not self.armed:
             self._arm()
 
@@ -101,6 +109,9 @@ class _Batch:
         for inc, amount in incs.items():
             if amount:
                 inc(amount)
+        sets, self.sets = self.sets, {}
+        for setter, value in sets.items():
+            setter(value)
         observed, self.observed = self.observed, {}
         for histogram, values in observed.items():
             _observe_all(histogram, values)
@@ -136,7 +147,7 @@ _observe = _batch.observe
 
 def _after_fork() -> None:
     # What the parent has not applied yet is the parent's; the child's loop has no flush queued.
-    _batch.incs, _batch.observed, _batch.armed = {}, {}, False
+    _batch.incs, _batch.sets, _batch.observed, _batch.armed = {}, {}, {}, False
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -232,7 +243,7 @@ def limit_refusal(provider: str, limit: str) -> None:
 
 
 def tokens_today(provider: str, count: int) -> None:
-    _child(TOKENS_TODAY, provider).set(count)
+    _batch.set(_child(TOKENS_TODAY, provider).set, count)
 
 
 def key_cooling(provider: str, position: int, cooling: bool) -> None:

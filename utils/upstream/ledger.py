@@ -214,10 +214,12 @@ class LocalLedger:
         if limits is None or tokens <= 0:
             return
         now = self.clock()
-        book.slide(now)
         if limits.tpm is not None:
-            book.step(now)[2] += tokens
+            book.step(now)[2] += tokens  # steps that left the window go at the next take
             book.tokens += tokens
         if limits.tokens_per_day is not None:
+            day = int(now // DAY)
+            if day != book.day:
+                book.day, book.today = day, 0
             book.today += tokens
             metrics.tokens_today(provider, book.today)
