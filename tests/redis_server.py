@@ -10,11 +10,18 @@ tests: ``kill()`` (SIGKILL, the port is released at once), ``pause()`` /
 answers) and ``restart()`` (a fresh, empty server on the same port: keys and
 loaded scripts are gone). ``stop()`` sends SIGTERM, then SIGKILL.
 
+``RedisServer.start(tls=RedisTls.issue(ca, directory))`` serves TLS only
+(``--port 0 --tls-port N``, no client certificates asked for): ``url`` is
+``rediss://127.0.0.1:N/0``, and a client must verify the server's
+certificate against ``tls.ca_file`` (a ``trustme.CA``, as tests/test_tls.py
+uses).
+
 ``command(*args)`` (and ``resp_command(port, *args)``) is a minimal
-synchronous RESP2 client over a raw socket, one connection per call, for
-looking at the server from a test: ``KEYS mira:*``, ``TTL key``,
-``CLIENT LIST``, ``INFO clients``. Replies decode to ``str`` / ``int`` /
-``None`` / ``list``; an error reply raises ``RespError``.
+synchronous RESP2 client over a raw socket (TLS verified against the CA when
+the server has one), one connection per call, for looking at the server from
+a test: ``KEYS mira:*``, ``TTL key``, ``CLIENT LIST``, ``INFO clients``.
+Replies decode to ``str`` / ``int`` / ``None`` / ``list``; an error reply
+raises ``RespError``.
 
 ``require_redis_server()`` returns the ``redis-server`` path, or skips the
 test when it is missing, except under ``CI=true``, where it fails (as
@@ -35,9 +42,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -112,13 +121,24 @@ def resp_read(stream: Any) -> Any:
     raise ConnectionError(f"not a RESP2 reply: {line!r}")
 
 
-def resp_command(port: int, *args: Any, password: str | None = None, timeout: float = COMMAND_TIMEOUT) -> Any:
+def resp_command(
+    port: int,
+    *args: Any,
+    password: str | None = None,
+    timeout: float = COMMAND_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Any:
     """Send one command to the server at ``127.0.0.1:port`` (AUTH first with ``password``); return its decoded reply.
 
+    With ``ssl_context`` the connection is TLS (the certificate checked for ``127.0.0.1``).
     Raises ``RespError`` for an error reply (nested error replies inside an array are returned, not raised)
     and ``OSError`` when the server cannot be reached or does not answer within ``timeout``.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock, sock.makefile("rb") as stream:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        if ssl_context is not None:
+            sock = stack.enter_context(ssl_context.wrap_socket(sock, server_hostname="127.0.0.1"))
+        stream = stack.enter_context(sock.makefile("rb"))
         commands = ([("AUTH", password)] if password is not None else []) + [args]
         sock.sendall(b"".join(resp_encode(*command) for command in commands))
         replies = [resp_read(stream) for _ in commands]
@@ -131,6 +151,29 @@ def resp_command(port: int, *args: Any, password: str | None = None, timeout: fl
 # -- the server ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """The files of a TLS server: its certificate (chain) and key, and the CA a client verifies them against."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    @classmethod
+    def issue(cls, ca: Any, directory: Path) -> RedisTls:
+        """Files in ``directory`` for a certificate that ``ca`` (a ``trustme.CA``) issues for 127.0.0.1 and localhost."""
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        files = cls(directory / "redis-cert.pem", directory / "redis-key.pem", directory / "redis-ca.pem")
+        files.cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(files.key_file))
+        ca.cert_pem.write_to_path(str(files.ca_file))
+        return files
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts only ``ca_file``."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
 class RedisServer(ChildProcess):
     """``redis-server`` on ``127.0.0.1:port``, persistence off, its output captured (tools/childproc.py).
 
@@ -138,9 +181,18 @@ class RedisServer(ChildProcess):
     server is ready. ``restart()`` runs a new process on the same port in this same object.
     """
 
-    def __init__(self, port: int, *, password: str | None = None, executable: str | None = None, echo: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        password: str | None = None,
+        tls: RedisTls | None = None,
+        executable: str | None = None,
+        echo: bool = False,
+    ) -> None:
         self.port = port
         self.password = password
+        self.tls = tls
         self.executable = executable or require_redis_server()
         self.paused = False
         self._echo = echo
@@ -149,9 +201,19 @@ class RedisServer(ChildProcess):
 
     def _launch(self) -> None:
         """Start a ``redis-server`` process (again) on ``self.port``; ``ChildProcess`` state starts afresh."""
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert_file),
+                "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         argv = [
             self.executable,
-            "--port", str(self.port),
+            *ports,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -165,13 +227,15 @@ class RedisServer(ChildProcess):
         super().__init__(argv, name=f"redis-{self.port}", cwd=self._dir, echo=self._echo, keep=KEEP_LINES, die_with_parent=True)
 
     @classmethod
-    def start(cls, password: str | None = None, *, executable: str | None = None, echo: bool = False) -> Self:
+    def start(
+        cls, password: str | None = None, *, tls: RedisTls | None = None, executable: str | None = None, echo: bool = False
+    ) -> Self:
         """A ready server on a free loopback port (another port is tried if the chosen one was taken meanwhile)."""
         path = executable or require_redis_server()
         attempt = 0
         while True:
             attempt += 1
-            server = cls(closed_port(), password=password, executable=path, echo=echo)
+            server = cls(closed_port(), password=password, tls=tls, executable=path, echo=echo)
             try:
                 server.wait_ready()
             except AssertionError:
@@ -189,13 +253,15 @@ class RedisServer(ChildProcess):
 
     @property
     def url(self) -> str:
-        """``redis://[:password@]127.0.0.1:PORT/0``."""
+        """``redis://[:password@]127.0.0.1:PORT/0`` (``rediss://`` with TLS; the CA file is not in it)."""
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password is not None else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def command(self, *args: Any, timeout: float = COMMAND_TIMEOUT) -> Any:
-        """One command over a fresh connection (``resp_command``), authenticated when the server has a password."""
-        return resp_command(self.port, *args, password=self.password, timeout=timeout)
+        """One command over a fresh connection (``resp_command``), authenticated and TLS as the server wants."""
+        context = self.tls.client_context() if self.tls is not None else None
+        return resp_command(self.port, *args, password=self.password, timeout=timeout, ssl_context=context)
 
     # -- outages ---------------------------------------------------------------------------
 
