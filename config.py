@@ -110,6 +110,36 @@ def _url_or_empty(raw: str) -> str:
     return _url(raw) if raw.strip() else ""
 
 
+def _redis_url(raw: str) -> str:
+    """'' (unset), or a ``redis://`` / ``rediss://`` URL with a host; user, password and database may be in it."""
+    value = raw.strip()
+    if not value:
+        return ""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL with a host")
+    try:
+        parsed.port  # noqa: B018 (a port that is not a number raises here)
+        database = parsed.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError
+    except ValueError:
+        raise ValueError("must be redis[s]://[[user]:password@]host[:port][/database]") from None
+    return value
+
+
+def redis_password(url: str) -> str:
+    """The password of a REDIS_URL ('' when none): a secret."""
+    return urlparse(url).password or "" if url else ""
+
+
+def redis_address(url: str) -> str:
+    """What logs say of a REDIS_URL: scheme, host, port and database, never the user or password."""
+    parsed = urlparse(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.hostname}{port}{parsed.path or ''}"
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def cast(raw: str) -> str:
         value = raw.strip()
@@ -387,6 +417,20 @@ class Settings:
         "JSON object `{provider: {\"rpm\": N, \"tpm\": N, \"tokens_per_day\": N}}`, each field optional"
         " ([Keys, limits and budgets](#keys-limits-and-budgets)); a bad file stops start-up (exit 2)",
     )
+    redis_url: str = setting(
+        "REDIS_URL", "", _redis_url,
+        "`redis://` or `rediss://` URL (user, password and database in it) of a Redis that keeps limit windows, key"
+        " cooling and circuits for every worker and node that points at it ([Running several workers or"
+        " nodes](#running-several-workers-or-nodes)); unset: per process, no connection",
+        secret=True,
+    )
+    redis_prefix: str = setting(
+        "REDIS_PREFIX", "mira:", _text, "prefix of every Redis key the node writes", blank_is_default=True
+    )
+    redis_timeout: float = setting(
+        "REDIS_TIMEOUT", 0.2, _float(0.0, strict=True),
+        "seconds a Redis call may take; a slower or absent Redis is passed over for in-process state",
+    )
     # Derived by load_settings: the providers' URLs and keys, and the contents of the three files.
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     provider_limits: Mapping[str, ProviderLimits] = field(default_factory=dict)  # PROVIDER_LIMITS_FILE
@@ -397,6 +441,7 @@ class Settings:
         """Every configured secret value, for redaction of logs and messages."""
         values = [self.admin_api_token, self.machine_api_token, *self.service_api_keys]
         values += [key for p in self.providers.values() for key in p.api_keys]
+        values.append(redis_password(self.redis_url))
         return [v for v in values if v]
 
 

@@ -100,6 +100,7 @@ class Node:
             except RouterError:
                 await self.ctx.aclose()
                 raise
+        await self.ctx.start()
         self.server.add_sockets(self.sockets)
         if self.router is not None:
             self.router.start_heartbeat()

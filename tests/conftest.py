@@ -95,6 +95,7 @@ def app(settings: Any, io_loop: Any) -> Iterator[Any]:
     from utils.context import NodeContext
 
     ctx = NodeContext(settings)
+    io_loop.run_sync(ctx.start)
     yield make_app(ctx)
     io_loop.run_sync(ctx.aclose)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import ujson
 
@@ -14,9 +16,18 @@ from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.router_client import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
-from utils.upstream.ledger import LocalLedger
-from utils.upstream.routing import Attempt, Routing
+from utils.upstream.ledger import Ledger, LocalLedger
+from utils.upstream.routing import Attempt, Circuit, Routing
 from utils.upstream.usage import Usage
+
+
+def shared_state(settings: Settings, local: LocalLedger, circuits: Mapping[str, Circuit]) -> Any:
+    """The Redis-backed ledger (circuits shared too); the module is imported only with REDIS_URL."""
+    from utils.shared_state import RedisLink, SharedCircuits, SharedLedger
+
+    link = RedisLink(settings)
+    pools = {name: settings.providers[name].api_keys for name in local.books}
+    return SharedLedger(link, local, pools, settings.provider_limits, SharedCircuits(link, circuits))
 
 
 class NodeContext:
@@ -42,8 +53,11 @@ class NodeContext:
             escape_forward_slashes=False,
         ).encode()
         self.machine_ip = settings.machine_ip or detect_local_ip()
-        # key pools, limits and budgets (per process)
-        self.ledger = LocalLedger(self.registry.pools, settings.provider_limits)
+        # key pools, limits and budgets: per process, or with REDIS_URL shared (circuits too)
+        self.ledger: Ledger = LocalLedger(self.registry.pools, settings.provider_limits)
+        self.shared: Any = None
+        if settings.redis_url:
+            self.shared = self.ledger = shared_state(settings, self.ledger, self.routing.circuits)
         self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens, self.ledger)
         self.in_flight = 0
         self.body_deadlines = Deadlines()  # REQUEST_BODY_TIMEOUT of the bodies still arriving
@@ -94,5 +108,12 @@ class NodeContext:
         self._idle.append(waiter)
         await waiter
 
+    async def start(self) -> None:
+        """Before the first request: with REDIS_URL, one try at connecting (at most REDIS_TIMEOUT, or 1 s)."""
+        if self.shared is not None:
+            await self.shared.start()
+
     async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
         await self.upstream.aclose()

@@ -249,3 +249,14 @@ def tokens_today(provider: str, count: int) -> None:
 def key_cooling(provider: str, position: int, cooling: bool) -> None:
     """``position``: the key's place in the pool, from 1."""
     _child(KEY_COOLING, provider, str(position)).set(1 if cooling else 0)
+
+
+_redis_up: Gauge | None = None
+
+
+def redis_up(up: bool) -> None:
+    """``mira_redis_up``: made on first use, so that a node without REDIS_URL does not export it."""
+    global _redis_up
+    if _redis_up is None:
+        _redis_up = Gauge("mira_redis_up", "1 while the shared-state Redis (REDIS_URL) answers", multiprocess_mode="min")
+    _redis_up.set(1 if up else 0)

@@ -178,11 +178,22 @@ class LocalLedger:
             else:
                 return Ticket(0, KEYS_COOLING, seconds_until(min(until), now))
             book.turn = key + 1
+        self._count(book, now)
+        return Ticket(key)
+
+    def count(self, provider: str) -> None:
+        """Count a call another ledger allowed (the shared one keeps this one ready for when Redis is away)."""
+        book = self.books[provider]
+        now = self.clock()
+        book.slide(now)
+        self._count(book, now)
+
+    @staticmethod
+    def _count(book: _Book, now: float) -> None:
         limits = book.limits
         if limits is not None and limits.rpm is not None:
             book.step(now)[1] += 1
             book.calls += 1
-        return Ticket(key)
 
     async def cool(self, provider: str, key: int, seconds: float) -> None:
         self.cool_now(provider, key, seconds)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
-from time import monotonic
+from collections.abc import Callable, Iterator, Sequence
+from time import monotonic, time
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -39,9 +39,14 @@ class Attempt(NamedTuple):
 
 
 class Circuit:
-    """One configured provider's health (see the module docstring)."""
+    """One configured provider's health (see the module docstring).
 
-    __slots__ = ("name", "threshold", "cooldown", "failures", "opened_at", "probe_until")
+    ``on_change(circuit, opened)`` (set by the shared state, when REDIS_URL is
+    set) hears this process's own openings and closings; :meth:`open_for` and
+    :meth:`close` apply another process's, without calling it back.
+    """
+
+    __slots__ = ("name", "threshold", "cooldown", "failures", "opened_at", "opened_wall", "probe_until", "on_change")
 
     def __init__(self, name: str, threshold: int, cooldown: float) -> None:
         self.name = name
@@ -49,7 +54,9 @@ class Circuit:
         self.cooldown = cooldown
         self.failures = 0
         self.opened_at: float | None = None
+        self.opened_wall = 0.0  # the wall-clock time of the last opening (shared state compares it)
         self.probe_until = 0.0  # while a probe is out, no other request goes through
+        self.on_change: Callable[[Circuit, bool], None] | None = None
         metrics.provider_up(name, True)
 
     @property
@@ -76,18 +83,32 @@ class Circuit:
     def success(self) -> None:
         self.failures = 0
         if self.opened_at is not None:
-            self.opened_at = None
-            self.probe_until = 0.0
-            metrics.provider_up(self.name, True)
+            self.close()
+            if self.on_change is not None:
+                self.on_change(self, False)
 
     def failure(self) -> None:
         self.failures += 1
         if self.opened_at is not None or self.failures >= self.threshold:
-            was_up = self.opened_at is None
-            self.opened_at = monotonic()
+            self.open_for(self.cooldown)
+            if self.on_change is not None:
+                self.on_change(self, True)
+
+    def open_for(self, seconds: float) -> None:
+        """Open (or open again) for ``seconds`` from now."""
+        was_up = self.opened_at is None
+        self.opened_at = monotonic() - (self.cooldown - seconds)
+        self.opened_wall = time()
+        self.probe_until = 0.0
+        if was_up:
+            metrics.provider_up(self.name, False)
+
+    def close(self) -> None:
+        self.failures = 0
+        if self.opened_at is not None:
+            self.opened_at = None
             self.probe_until = 0.0
-            if was_up:
-                metrics.provider_up(self.name, False)
+            metrics.provider_up(self.name, True)
 
 
 def header_safe(model_id: str) -> str:
