@@ -20,6 +20,8 @@ dev: $(STAMP)  ## run with Tornado's autoreload: restarts when a source file cha
 	$(PY) -m tornado.autoreload server.py
 
 test: $(STAMP)  ## the quality gate CI runs: ruff, mypy, then the test suite (make check is the same)
+	@for tool in redis-server promtool podman; do command -v $$tool >/dev/null || \
+		echo "make test: $$tool is missing, its tests will skip: as root, apt-get install redis-server prometheus podman runc mmdebstrap (.ci/run does)" >&2; done
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

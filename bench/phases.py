@@ -32,15 +32,17 @@ from load import (
 from plan import (
     BASELINE,
     FD_RESERVE,
+    HOST,
     JSON_CONNECTIONS,
     NODE_VARIANTS,
+    REDIS_URL_SLOT,
     STREAM_CHUNKS,
     STREAM_INTERVAL_MS,
     STREAMS_AT_ONCE,
     Plan,
     log,
 )
-from procs import Processes, Service, start_bare, start_floor, start_node, start_upstream
+from procs import Processes, Service, start_bare, start_floor, start_node, start_redis, start_upstream
 from readings import rss_mb
 
 
@@ -165,7 +167,14 @@ class Bench:
             "workers": await start_node(procs, upstream, JSON_CONNECTIONS + 50, workers=0),
             "bare": await start_bare(procs),
         }
+        redis = None
         for name, (_, extra) in NODE_VARIANTS.items():
+            if REDIS_URL_SLOT in extra.values():
+                redis = redis or await start_redis(procs)
+                if redis is None:
+                    log(f"redis-server is not installed: the {name} variant is left out")
+                    continue
+                extra = {k: f"redis://{HOST}:{redis.port}/0" if v == REDIS_URL_SLOT else v for k, v in extra.items()}
             servers[name] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, extra=extra)
         if BASELINE:
             servers["baseline"] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, tree=BASELINE)
@@ -191,6 +200,8 @@ class Bench:
                 self.stop_node(server)
             else:
                 procs.stop(server.child)
+        if redis is not None:
+            procs.stop(redis.child)
 
     async def big_hold(self, upstream: Service, count: int) -> None:
         """A fresh node with limits for ``count`` streams, holding as many as its descriptors allow."""

@@ -77,7 +77,10 @@ LIMITS = {  # three providers with three keys each and every limit set (bench/li
 NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "gated": ("node with ALLOWED_CLIENTS (50 entries)", {"ALLOWED_CLIENTS": GATE_LIST}),
     "limits": ("node with key pools and limits (3 providers x 3 keys, rpm/tpm/tokens_per_day)", LIMITS),
+    # REDIS_URL_SLOT is replaced by a loopback redis-server the run starts (the variant is left out without one)
+    "redis": ("node with those limits shared on a loopback Redis (REDIS_URL)", {**LIMITS, "REDIS_URL": "{redis}"}),
 }
+REDIS_URL_SLOT = "{redis}"
 # BENCH_BASELINE=DIR: another checkout of the node (``git worktree add DIR REV``) runs as one more server of the
 # rounds, for before/after figures of a change from one sitting.
 BASELINE = os.environ.get("BENCH_BASELINE", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -101,6 +102,22 @@ async def start_script(procs: Processes, name: str, script: str, cpu: int, *args
     argv = procs.taskset(cpu) + [sys.executable, str(BENCH / script), "--host", HOST, "--port", "0", *args]
     service = Service(name, procs.start(name, argv), 0)
     await wait_listening(service, 15)
+    return service
+
+
+async def start_redis(procs: Processes) -> Service | None:
+    """Debian's redis-server on a free loopback port, persistence off, on CPU 1 (None when it is not installed)."""
+    path = shutil.which("redis-server")
+    if path is None:
+        return None
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    argv = procs.taskset(1) + [path, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    service = Service("redis", procs.start("redis", argv), port)
+    if await service.child.wait_for_line_async(r"Ready to accept connections", 15) is None:
+        raise RuntimeError("redis-server did not start:\n" + service.log_tail())
     return service
 
 
