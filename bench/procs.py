@@ -181,7 +181,15 @@ async def start_node(
     argv = procs.taskset(0 if workers == 1 else "0,1") + [sys.executable, str(Path(tree) / "server.py") if tree else "server.py"]
     node = Service("node", procs.start("node", argv, node_env(upstream.port, limit, workers, extra)), 0)
     await wait_listening(node, 30)
-    status, body = await get_json(HOST, node.port, "/health", timeout=10)
+    deadline = time.monotonic() + 10
+    while True:  # a WORKERS=0 node's parent says "listening" a moment before its workers take connections
+        try:
+            status, body = await get_json(HOST, node.port, "/health", timeout=10)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
     if status != 200:
         raise RuntimeError(f"the node's /health answered {status} {body}")
     return node
