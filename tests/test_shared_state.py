@@ -206,6 +206,23 @@ def test_a_paused_redis_is_passed_over_after_redis_timeout(spawn_node, upstream,
     assert node.wait_for_line(r"recovered after", 10) is not None, node.output
 
 
+def window_calls(redis: RedisServer) -> int:
+    return sum(int(v) for k, v in zip(*[iter(redis.command("HGETALL", "mira:win:openai"))] * 2) if k.startswith("c:"))
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(spawn_node, upstream, redis, tmp_path):
+    node = start_shared(spawn_node, redis, {"PROVIDER_LIMITS_FILE": limits_file(tmp_path, {"openai": {"rpm": 100}})})
+    assert chat(node)[0] == 200 and window_calls(redis) == 1
+    redis.command("SCRIPT", "FLUSH")  # as a restarted Redis would have lost them
+    assert chat(node)[0] == 200  # NOSCRIPT: decided in process while the scripts load again
+    for _ in range(20):
+        assert chat(node)[0] == 200
+        if window_calls(redis) > 1:
+            break
+    assert window_calls(redis) > 1, node.output
+    assert redis_up(node) == 1
+
+
 class NonsenseRedis:
     """A TCP server that speaks RESP but answers every script call with nonsense."""
 
