@@ -346,9 +346,15 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
         )
         rps = "; ".join(f"{labels.get(n, n)} {', '.join(fmt(r.rps, digits=0) for r in m.rounds[n])}" for n in ("workers", "node"))
         cpu += f"; WORKERS=0 node (its workers' CPU) {', '.join(fmt(r.cpu_us, digits=0) for r in m.rounds['workers'])}"
+        p50 = "; ".join(
+            f"{labels.get(name, name)} {', '.join(fmt(r.p50_ms, digits=2) for r in results)}"
+            for name, results in m.rounds.items()
+            if name not in ("workers", "bare")
+        )
         notes.append(
             f"JSON rounds ({m.plan.cpu_rounds} rounds of wrk {m.plan.cpu_seconds} s on each server in turn; all on CPU 0 "
-            f"but the WORKERS=0 node): CPU per request (µs) {cpu}. Requests/s: {rps}."
+            f"but the WORKERS=0 node): CPU per request (µs) {cpu}. Requests/s: {rps}. Latency p50 (ms, 64 connections):"
+            f" {p50}."
         )
     for name, stats in (
         ("node", m.streams.get("node")),
