@@ -207,7 +207,8 @@ def test_a_paused_redis_is_passed_over_after_redis_timeout(spawn_node, upstream,
 
 
 def window_calls(redis: RedisServer) -> int:
-    return sum(int(v) for k, v in zip(*[iter(redis.command("HGETALL", "mira:win:openai"))] * 2) if k.startswith("c:"))
+    flat = redis.command("HGETALL", "mira:win:openai")
+    return sum(int(count) for field, count in zip(flat[::2], flat[1::2], strict=True) if field.startswith("c:"))
 
 
 def test_scripts_flushed_from_redis_are_loaded_again(spawn_node, upstream, redis, tmp_path):

@@ -238,6 +238,11 @@ class UpstreamClient:
         not tried again), and whether the next attempt may avoid it; one that is
         the request's own (400, 413, 422) ends the search. When every attempt
         fails, the primary's error is raised, with ``X-Mira-Model``.
+
+        A gated target (a key pool or limits) asks the ledger before each call:
+        it names the key, or refuses the call, which is then never sent and is
+        skipped like an open circuit. With a pool, a 401 or 429 rests that key
+        and the same attempt goes to the next one, using no retry.
         """
         first: ApiError | None = None
         previous: Attempt | None = None
@@ -270,6 +275,8 @@ class UpstreamClient:
                             assert isinstance(failure, UpstreamStatus)
                             switches += 1
                             await self._rest_key(target, key, failure)
+                            if cancel is not None:
+                                cancel.check()  # the client may have gone while the key was put to rest
                             continue  # the same attempt on the next key: no retry, no circuit failure
                         if circuit is not None and policy.counts_against_circuit(failure):
                             circuit.failure()
