@@ -115,10 +115,38 @@ def hold_panels(m: Measurements) -> list[Panel]:
         node, direct = m.holds.get(("node", count)), m.holds.get(("direct", count))
         held = f"{node.count:,}" if node is not None else f"{count:,}"
         rss.append(Group(f"holding {held} streams", getattr(node, "rss_mb", None)))
-        cpu.append(Group(f"{held} streams", getattr(node, "cpu_percent", None), getattr(direct, "cpu_percent", None)))
+        cpu.append(Group(held, getattr(node, "cpu_percent", None), getattr(direct, "cpu_percent", None)))
     return [
         Panel("RSS of the node", "MB", tuple(rss), digits=1, node_only=True),
         Panel("CPU holding slow streams", "% of a core", tuple(cpu), digits=1),
+        *scale_panels(m),
+    ]
+
+
+def scale_panels(m: Measurements) -> list[Panel]:
+    """Cost per stream against streams held (the scale curve), node beside direct, one group per hold."""
+
+    def per_hold(attribute: str) -> tuple[Group, ...]:
+        groups = []
+        for count in m.plan.holds:
+            node, direct = m.holds.get(("node", count)), m.holds.get(("direct", count))
+            held = f"{node.count:,}" if node is not None else f"{count:,}"
+            groups.append(Group(held, getattr(node, attribute, None), getattr(direct, attribute, None)))
+        return tuple(groups)
+
+    def first_event(q: int) -> tuple[Group, ...]:
+        groups = []
+        for count in m.plan.holds:
+            node, direct = m.holds.get(("node", count)), m.holds.get(("direct", count))
+            held = f"{node.count:,}" if node is not None else f"{count:,}"
+            first_node, first_direct = getattr(node, "first_event_ms", None), getattr(direct, "first_event_ms", None)
+            groups.append(Group(held, pick(first_node, q), pick(first_direct, q)))
+        return tuple(groups)
+
+    return [
+        Panel("CPU to open a stream, by held", "ms", per_hold("open_cpu_ms")),
+        Panel("CPU per event held, by held", "µs", per_hold("event_cpu_us"), digits=1),
+        Panel("First event p99 opening, by held", "ms", first_event(99), digits=0),
     ]
 
 

@@ -304,6 +304,37 @@ class HoldResult:
     cpu_percent: float | None = None
     stalled: int = 0  # streams that got no event during the window
     release_seconds: float | None = None
+    open_cpu_seconds: float | None = None  # the server's CPU time while the streams were being opened
+    opening_events: int = 0  # events the clients received while the streams were being opened (first events included)
+    window_cpu_seconds: float | None = None  # the server's CPU time during the window
+    window_events: int = 0  # events the clients received during the window
+
+    @property
+    def event_cpu_us(self) -> float | None:
+        """CPU per relayed event while holding: the window's CPU over the events the clients got in it."""
+        if self.window_cpu_seconds is None or not self.window_events:
+            return None
+        return self.window_cpu_seconds / self.window_events * 1e6
+
+    @property
+    def open_cpu_ms(self) -> float | None:
+        """CPU to open one stream: the CPU while opening over the streams opened (the events relayed meanwhile included)."""
+        if self.open_cpu_seconds is None or not self.ok:
+            return None
+        return self.open_cpu_seconds / self.ok * 1000
+
+    @property
+    def relayed_while_opening(self) -> int:
+        """Events relayed to streams already open while the others were being opened (first events left out)."""
+        return max(0, self.opening_events - len(self.first_event_ms))
+
+    @property
+    def open_net_cpu_ms(self) -> float | None:
+        """CPU to open one stream, less the events relayed meanwhile (each at the window's CPU per event)."""
+        per_event = self.event_cpu_us
+        if self.open_cpu_seconds is None or per_event is None or not self.ok:
+            return None
+        return max(0.0, self.open_cpu_seconds - self.relayed_while_opening * per_event / 1e6) / self.ok * 1000
 
 
 async def hold_streams(port: int, count: int, window: float, server: Service, upstream: Service) -> HoldResult:
@@ -336,7 +367,9 @@ async def hold_streams(port: int, count: int, window: float, server: Service, up
             task.cancel()
         result.failures["not open before the deadline"] += len(pending)
         result.open_seconds = time.monotonic() - started
-        result.open_cpu_percent = 100 * (cpu_seconds(server.pid) - cpu_started) / result.open_seconds
+        result.open_cpu_seconds = cpu_seconds(server.pid) - cpu_started
+        result.open_cpu_percent = 100 * result.open_cpu_seconds / result.open_seconds
+        result.opening_events = sum(p.events for p in probes)
         server.check_alive()
         await asyncio.sleep(0.5)
         events_before = [p.events for p in probes]
@@ -345,6 +378,8 @@ async def hold_streams(port: int, count: int, window: float, server: Service, up
         cpu_after, wall_after = cpu_seconds(server.pid), time.monotonic()
         result.rss_mb = rss_mb(server.pid)
         result.cpu_percent = 100 * (cpu_after - cpu_before) / (wall_after - wall_before)
+        result.window_cpu_seconds = cpu_after - cpu_before
+        result.window_events = sum(p.events for p in probes) - sum(events_before)
         result.stalled = sum(1 for p, n in zip(probes, events_before, strict=True) if not p.error and p.events == n)
         for probe in probes:
             if probe.error and probe.first_event.done() and probe.first_event.result():

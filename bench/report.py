@@ -22,6 +22,7 @@ from plan import (
     HOLD_INTERVAL_MS,
     JSON_CONNECTIONS,
     NODE_VARIANTS,
+    OPENING_AT_ONCE,
     PACED_EVENTS,
     PACED_INTERVAL_MS,
     RELAY_EVENTS,
@@ -233,12 +234,12 @@ def capacity_rows(m: Measurements) -> list[Row]:
         row(f"RSS idle ({name})", fmt(mb, " MB", 1), target="≤ 50 MB" if judged else "", ok=mb <= 50 if judged else None)
         for name, mb, judged in m.rss_idle
     ]
-    for count in m.plan.holds:
+    for count in sorted({m.plan.holds[0], m.plan.holds[-1]}):  # the counts between are in the scale table
         hn, hd = m.holds.get(("node", count)), m.holds.get(("direct", count))
         capped = f" (capped at {hn.count:,}: fd limit {m.fd_limit:,})" if hn and hn.count < count else ""
         all_ok = hn.ok == hn.count and not hn.failures.total() if hn else None
         rows.append(row(f"{count:,} slow streams held{capped}: open ok", held(hn), held(hd), target="all", ok=all_ok))
-        limit_mb = 150 if count <= 1000 else 600
+        limit_mb = 150 if count <= 1000 else 400
         rss = attr(hn, "rss_mb")
         rows.append(
             row(
@@ -289,6 +290,86 @@ def render_table(m: Measurements) -> str:
         if n == 0:
             lines.append("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
     return "\n".join(lines)
+
+
+# Targets of the scale curve (issue 24), the largest hold against the smallest.
+SCALE_OPEN_GROWTH = 1.25  # CPU to open one stream
+SCALE_EVENT_GROWTH = 1.25  # CPU per relayed event while holding
+SCALE_EVENT_OVER_DENSE = 1.5  # ... against the 20-stream relay figure
+SCALE_P99_OVER_DIRECT = 5.0  # first event p99 while opening, node over direct
+
+
+def scale_table(m: Measurements) -> str:
+    """Cost per stream against streams held, node and direct: one row per hold, then the growth and its targets."""
+    header = ("streams held", "CPU to open one stream", "(less events relayed meanwhile)", "CPU per relayed event",
+              "first event p50", "first event p99", "RSS", "RSS per stream")
+    table = [header]
+    idle = next((mb for _, mb, _ in m.rss_idle), None)
+    for count in m.plan.holds:
+        hn, hd = m.holds.get(("node", count)), m.holds.get(("direct", count))
+        held_text = f"{hn.count:,}" if hn is not None else f"{count:,}"
+        rss = attr(hn, "rss_mb")
+        per_stream = (rss - idle) * 1024 / hn.ok if rss is not None and idle is not None and hn and hn.ok else None
+        table.append((
+            held_text,
+            f"{fmt(attr(hn, 'open_cpu_ms'), ' ms', 2)} / {fmt(attr(hd, 'open_cpu_ms'), ' ms', 2)}",
+            f"{fmt(attr(hn, 'open_net_cpu_ms'), ' ms', 2)} / {fmt(attr(hd, 'open_net_cpu_ms'), ' ms', 2)}",
+            f"{fmt(attr(hn, 'event_cpu_us'), ' µs', 1)} / {fmt(attr(hd, 'event_cpu_us'), ' µs', 1)}",
+            f"{fmt(percentile(hn.first_event_ms, 50) if hn else None, ' ms', 1)} / "
+            f"{fmt(percentile(hd.first_event_ms, 50) if hd else None, ' ms', 1)}",
+            f"{fmt(percentile(hn.first_event_ms, 99) if hn else None, ' ms', 1)} / "
+            f"{fmt(percentile(hd.first_event_ms, 99) if hd else None, ' ms', 1)}",
+            fmt(rss, " MB", 1),
+            fmt(per_stream, " KB", 1),
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = []
+    for n, cells in enumerate(table):
+        padded = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(cells)]
+        lines.append("| " + " | ".join(padded) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in scale_verdicts(m))
+
+
+def scale_verdicts(m: Measurements) -> list[str]:
+    """The growth from the smallest hold to the largest, against the targets of issue 24."""
+    first, last = m.plan.holds[0], m.plan.holds[-1]
+    small, large = m.holds.get(("node", first)), m.holds.get(("node", last))
+    direct = m.holds.get(("direct", last))
+    lines = [
+        f"Each cell is node / direct. CPU to open one stream: the server's CPU time while the streams were being opened "
+        f"({OPENING_AT_ONCE} at a time), over the streams opened; the events relayed meanwhile to the streams "
+        "already open are in it, and the next column takes them out at the window's CPU per event. CPU per relayed event: "
+        f"the server's CPU time over the {m.plan.hold_window:g} s window, over the events the clients received in it "
+        "(an event a second per stream). First event: request sent → first event, while opening. RSS per stream: "
+        "(RSS holding − RSS idle) / streams held."
+    ]
+    if first == last or small is None or large is None:
+        return lines
+    held = f"{first:,} → {large.count:,} streams"
+
+    def grown(a: float | None, b: float | None) -> float | None:
+        return b / a if a and b is not None else None
+
+    def judged(text: str, value: float | None, limit: float) -> str:
+        return f"{text} {fmt(value, '×', 2)} (target ≤ {limit:g}×: {verdict(None if value is None else value <= limit)})"
+
+    dense = m.relay_cpu_us.get("node")
+    p99 = percentile(large.first_event_ms, 99)
+    p99_direct = percentile(direct.first_event_ms, 99) if direct else None
+    lines += [
+        judged(f"CPU to open one stream, {held}:", grown(small.open_cpu_ms, large.open_cpu_ms), SCALE_OPEN_GROWTH)
+        + f"; less the events relayed meanwhile {fmt(grown(small.open_net_cpu_ms, large.open_net_cpu_ms), '×', 2)}.",
+        judged(f"CPU per relayed event while holding, {held}:", grown(small.event_cpu_us, large.event_cpu_us),
+               SCALE_EVENT_GROWTH)
+        + "; "
+        + judged(f"against the dense figure ({RELAY_STREAMS} streams, {fmt(dense, ' µs', 1)}):",
+                 grown(dense, large.event_cpu_us), SCALE_EVENT_OVER_DENSE) + ".",
+        judged(f"First event p99 while opening {large.count:,}, node / direct:", grown(p99_direct, p99), SCALE_P99_OVER_DIRECT)
+        + ".",
+    ]
+    return lines
 
 
 def hold_notes(m: Measurements) -> list[str]:
@@ -408,7 +489,11 @@ def report(m: Measurements, use_wrk: bool, pinned: bool, when: datetime) -> str:
         "",
     ]
     notes = describe_notes(m, use_wrk, pinned)
-    return "\n".join(header) + render_table(m) + "\n\n" + "\n".join(n if n.startswith("    ") else f"- {n}" for n in notes) + "\n"
+    scale = "\n\n## Scale: cost per stream against streams held\n\n" + scale_table(m) if any(m.holds.values()) else ""
+    return (
+        "\n".join(header) + render_table(m) + "\n\n" + "\n".join(n if n.startswith("    ") else f"- {n}" for n in notes)
+        + scale + "\n"
+    )
 
 
 def save(text: str, m: Measurements, when: datetime) -> Path:
