@@ -243,7 +243,13 @@ def limit_refusal(provider: str, limit: str) -> None:
 
 
 def tokens_today(provider: str, count: int) -> None:
-    _batch.set(_child(TOKENS_TODAY, provider).set, count)
+    tokens_today_setter(provider)(count)
+
+
+def tokens_today_setter(provider: str) -> Callable[[float], None]:
+    """``mira_tokens_today{provider}``'s setter, applied at the end of the loop turn (see :class:`_Batch`)."""
+    setter = _child(TOKENS_TODAY, provider).set
+    return lambda count: _batch.set(setter, count)
 
 
 def key_cooling(provider: str, position: int, cooling: bool) -> None:

@@ -409,7 +409,7 @@ class SharedLedger:
              *self._ids[provider]),
         )
         if answer is None:
-            return self.local.take_now(provider)
+            return self.local.take(provider)
         try:
             key, code, wait = (int(part) for part in answer)
             ticket = GO if not code and not key else Ticket(key, REFUSALS[code], wait)
@@ -417,7 +417,7 @@ class SharedLedger:
                 raise ValueError
         except (TypeError, ValueError, IndexError):
             self.link.failed(Garbage())
-            return self.local.take_now(provider)
+            return self.local.take(provider)
         if not code:
             self.local.count(provider)
         return ticket

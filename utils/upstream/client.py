@@ -261,13 +261,15 @@ class UpstreamClient:
                 while True:
                     if target.gated:
                         # a key pool or limits: the ledger picks the key, or refuses the call before it is sent
-                        ticket = await ledger.take(target.label)
+                        ticket = ledger.take(target.label)
+                        if not isinstance(ticket, Ticket):
+                            ticket = await ticket  # a shared ledger's round trip
                         if ticket.refused:
                             error = self._refused(target, ticket)
                             break
                         key = ticket.key
                         if target.pool:
-                            attempt = attempt._replace(target=target.pool[key])
+                            attempt = Attempt(attempt.model_id, target.pool[key], attempt.body, attempt.strip_usage)
                     try:
                         value = await try_once(attempt, cancel)
                     except UpstreamFailure as failure:

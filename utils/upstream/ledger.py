@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
 
 from config import ProviderLimits
@@ -55,9 +55,14 @@ GO = Ticket()
 
 
 class Ledger(Protocol):
-    """The state behind key pools, limits and budgets (see the module docstring)."""
+    """The state behind key pools, limits and budgets (see the module docstring).
 
-    async def take(self, provider: str) -> Ticket: ...
+    :meth:`take` answers a :class:`Ticket` at once (in process) or an
+    awaitable of one (a shared ledger's round trip): the caller awaits only
+    what is not a ticket, so the in-process ledger costs no coroutine.
+    """
+
+    def take(self, provider: str) -> Ticket | Awaitable[Ticket]: ...
 
     async def cool(self, provider: str, key: int, seconds: float) -> None: ...
 
@@ -84,11 +89,14 @@ def seconds_until(moment: float, now: float) -> int:
 class _Book:
     """One provider's state in this process."""
 
-    __slots__ = ("name", "keys", "turn", "cool_until", "limits", "steps", "calls", "tokens", "day", "today")
+    __slots__ = (
+        "name", "keys", "tickets", "turn", "cool_until", "limits", "steps", "calls", "tokens", "day", "today", "show_today",
+    )
 
     def __init__(self, name: str, keys: int, limits: ProviderLimits | None) -> None:
         self.name = name
         self.keys = keys
+        self.tickets = [Ticket(key) for key in range(keys)]  # the answer for each key, made once
         self.turn = 0  # the position the next call starts looking from
         self.cool_until = [0.0] * keys  # wall-clock time each key is free again
         self.limits = limits
@@ -97,6 +105,7 @@ class _Book:
         self.tokens = 0
         self.day = -1  # days since the epoch that ``today`` counts
         self.today = 0
+        self.show_today = metrics.tokens_today_setter(name) if limits is not None and limits.tokens_per_day is not None else None
 
     def slide(self, now: float) -> None:
         """Drop the steps that left the window, and yesterday's count."""
@@ -108,8 +117,8 @@ class _Book:
         day = int(now // DAY)
         if day != self.day:
             self.day, self.today = day, 0
-            if self.limits is not None and self.limits.tokens_per_day is not None:
-                metrics.tokens_today(self.name, 0)
+            if self.show_today is not None:
+                self.show_today(0)
 
     def step(self, now: float) -> list[int]:
         second = int(now)
@@ -157,11 +166,8 @@ class LocalLedger:
             if book.limits is not None and book.limits.tokens_per_day is not None:
                 metrics.tokens_today(name, 0)
 
-    async def take(self, provider: str) -> Ticket:
-        return self.take_now(provider)
-
-    def take_now(self, provider: str) -> Ticket:
-        """:meth:`take` without the await (the shared ledger decides here while Redis is away)."""
+    def take(self, provider: str) -> Ticket:
+        """Check the limits, pick the key, count the call (the shared ledger decides here while Redis is away)."""
         book = self.books[provider]
         now = self.clock()
         book.slide(now)
@@ -179,7 +185,7 @@ class LocalLedger:
                 return Ticket(0, KEYS_COOLING, seconds_until(min(until), now))
             book.turn = key + 1
         self._count(book, now)
-        return Ticket(key)
+        return book.tickets[key]
 
     def count(self, provider: str) -> None:
         """Count a call another ledger allowed (the shared one keeps this one ready for when Redis is away)."""
@@ -233,4 +239,5 @@ class LocalLedger:
             if day != book.day:
                 book.day, book.today = day, 0
             book.today += tokens
-            metrics.tokens_today(provider, book.today)
+            if book.show_today is not None:
+                book.show_today(book.today)
