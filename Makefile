@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-rounds bench-hostile clean fuzz docker-base docker-build docker-run docker-test
+.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-rounds bench-instructions bench-hostile clean fuzz docker-base docker-build docker-run docker-test
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-quick: $(BENCH_STAMP)  ## the same in under a minute: fewer requests, 1,00
 
 bench-rounds: $(BENCH_STAMP)  ## only the alternated JSON rounds: CPU per request of the node, its variants and the floors
 	$(PY) bench/run.py --rounds-only
+
+BENCH_TREES ?= .
+BENCH_VARIANTS ?= node limits
+bench-instructions: $(BENCH_STAMP)  ## instructions per proxied JSON request under callgrind (BENCH_TREES="DIR ...", BENCH_VARIANTS="node limits")
+	$(PY) bench/instructions.py --tree $(BENCH_TREES) --variant $(BENCH_VARIANTS)
 
 bench-hostile: $(STAMP)  ## what huge and hostile request bodies cost the node (memory, event-loop stalls)
 	$(PY) bench/hostile.py
