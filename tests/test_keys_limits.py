@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import dataclasses
 import json
 import logging
 import os
@@ -338,3 +339,18 @@ def test_the_node_exits_2_on_a_bad_limits_file(spawn_node, tmp_path):
     node = spawn_node({"PROVIDER_LIMITS_FILE": str(path)}, ready=False)
     assert node.wait() == 2
     assert "PROVIDER_LIMITS_FILE" in node.output and "openai.tpm" in node.output
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "rest"),
+    [(429, "30", 30.0), (429, "1000", 300.0), (429, "0", 1.0), (429, None, 45.0),
+     (429, "Wed, 21 Oct 2026 07:28:00 GMT", 45.0), (401, "30", 45.0)],
+)
+def test_a_pooled_key_rests_for_retry_after_capped_at_five_minutes_else_key_cooldown(status, retry_after, rest):
+    from utils.upstream.failures import UpstreamStatus
+    from utils.upstream.policy import Policy
+
+    settings = dataclasses.replace(config.Settings(), key_cooldown=45.0)
+    failure = UpstreamStatus("openai", status, b"", retry_after)
+    assert Policy.cools_key(failure)
+    assert Policy(settings).key_rest(failure) == rest
