@@ -76,6 +76,7 @@ UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
 STREAM_BUFFER = 1024 * 1024
 # An idle handle lets go of its last request body when it is larger than this (smaller ones stay until the next call).
 KEEP_BODY = 16 * 1024
+MAX_ORIGINS = 1024  # URLs whose plain-http origin is remembered (LeanCurlClient._origin)
 _READ, _WRITE = 1, 2
 if hasattr(select, "epoll"):
     _EPOLL_IN = select.EPOLLIN | select.EPOLLHUP  # a hang-up is for libcurl to read (and find the end)
@@ -272,6 +273,8 @@ class _Handle:
         "stream",
         "queued",
         "full",
+        "fresh",
+        "origin",
     )
 
     def __init__(self, client: LeanCurlClient, curl: pycurl.Curl) -> None:
@@ -291,6 +294,8 @@ class _Handle:
         self.stream: Callable[[bytes], None] | None = None  # a streamed call's streaming_callback
         self.queued = False  # in the client's delivery queue
         self.full = False  # the stream's undelivered chunks reached STREAM_BUFFER: libcurl is paused
+        self.fresh = False  # FRESH_CONNECT is set on the handle (see LeanCurlClient._fresh)
+        self.origin = ""  # the running call's plain-http origin ("" for https): where its connection goes back idle
 
     def header(self, raw: bytes) -> int | None:
         first = raw[:1]
@@ -365,6 +370,9 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         self._delivery: list[_Handle] = []  # streams with chunks waiting for the end of the loop turn
         self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits libcurl wants it watched for
         self._in_epoll: set[int] = set()  # fds in the epoll set: those watched, and idle ones left there
+        # Plain-http origin -> how many of its connections may be idle in libcurl's pool (see _fresh).
+        self._idle: dict[str, int] = {}
+        self._origins: dict[str, str] = {}  # url -> its plain-http origin, "" for any other scheme
         # On Linux libcurl's sockets go in an epoll set of their own, which is one descriptor in the loop:
         # watching a socket is then an epoll_ctl, without the loop's handle and key objects (see _handle_socket).
         self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") and use_epoll else None
@@ -425,7 +433,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         handle: _Handle = curl.lean
         setopt = curl.setopt
         if not handle.ready:
-            # Options every call shares, on a handle at libcurl's defaults.
+            # Options every call shares, on a handle at libcurl's defaults (FRESH_CONNECT off).
+            handle.fresh = False
             setopt(pycurl.PROTOCOLS, _PROTOCOLS)
             setopt(pycurl.USERAGENT, USER_AGENT)
             setopt(pycurl.HEADERFUNCTION, handle.header)
@@ -460,6 +469,11 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if call.opensocket is not None:
             setopt(pycurl.OPENSOCKETFUNCTION, call.opensocket)
             handle.dirty = True
+        origin = handle.origin = self._origin(call.url)
+        fresh = self._fresh(origin)
+        if fresh is not handle.fresh:
+            setopt(pycurl.FRESH_CONNECT, 1 if fresh else 0)
+            handle.fresh = fresh
         handle.call, handle.callback = call, callback
         handle.headers, handle.chunks, handle.size = {}, [], 0
         handle.stream = call.streaming_callback
@@ -471,6 +485,43 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             return
         curl.info = handle
         self._multi.add_handle(curl)
+
+    def _origin(self, url: str) -> str:
+        """``http://host:port`` of a plain-http URL (lower case, the port always there); "" for https and anything else."""
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = ""
+            if url[:7].lower() == "http://":
+                end = min((i for i in (url.find("/", 7), url.find("?", 7), url.find("#", 7)) if i >= 0), default=len(url))
+                origin = url[:end].lower()
+                if ":" not in origin[7:].rpartition("]")[2]:
+                    origin += ":80"  # http://host is http://host:80 to libcurl too
+            if len(self._origins) < MAX_ORIGINS:  # a custom provider's URLs are the caller's: the memo is bounded
+                self._origins[url] = origin
+        return origin
+
+    def _fresh(self, origin: str) -> bool:
+        """Whether a call to ``origin`` should skip libcurl's search for a connection to reuse.
+
+        For every new transfer libcurl walks all its connections to the
+        destination, in use or idle, looking for one to reuse: with thousands
+        of streams open on as many HTTP/1.1 connections to one upstream, each
+        new call walked them all (bench/PERFORMANCE.md, issue 24). A plain-http
+        call therefore searches only when one of its origin's connections may
+        be idle: one for each call to it that ended with an answer, less one
+        for each call that searched since. The count can only be too high (the
+        upstream or libcurl closed an idle connection), which costs a search
+        that finds nothing, as every call did before; it is never too low, so
+        a connection that could be reused always is. An https call always
+        searches: over HTTP/2 a busy connection takes more streams.
+        """
+        if not origin:
+            return False
+        idle = self._idle.get(origin, 0)
+        if not idle:
+            return True
+        self._idle[origin] = idle - 1
+        return False
 
     def _finish(self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None) -> None:
         handle: _Handle = curl.info
@@ -486,6 +537,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             chunks = handle.chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             reply = Reply(curl.getinfo(pycurl.RESPONSE_CODE), body, handle.headers)
+        if handle.origin and reply.code != 599:
+            self._idle[handle.origin] = self._idle.get(handle.origin, 0) + 1  # kept alive, unless the upstream closed it
         call.transfer.detach()
         self._release(curl, handle)
         try:
