@@ -517,12 +517,17 @@ def _check(values: dict[str, Any], providers: Mapping[str, ProviderSettings]) ->
         raise ConfigError(f"DEFAULT_PROVIDER={default_provider[:40]!r}: must be one of {', '.join(providers)}")
 
 
+def read_json(variable: str, path: str) -> Any:
+    """The JSON of the file a variable names; ConfigError naming both when it cannot be read as JSON."""
+    try:
+        return ujson.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{variable}={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+
+
 def load_models(path: str) -> tuple[str, ...]:
     """The model ids of SUPPORTED_MODELS_FILE (a JSON array of strings), in order, without repeats."""
-    try:
-        data = ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    data = read_json("SUPPORTED_MODELS_FILE", path)
     if not isinstance(data, list) or not all(isinstance(m, str) and m for m in data):
         raise ConfigError(f"SUPPORTED_MODELS_FILE={path!r}: must be a JSON array of model id strings")
     return tuple(dict.fromkeys(data))
@@ -532,10 +537,7 @@ def load_fallbacks(path: str, providers: ProviderNames) -> dict[str, tuple[Fallb
     """MODEL_FALLBACKS_FILE: ``{model id: [model ids]}``, every id routable; ConfigError otherwise."""
     if not path:
         return {}
-    try:
-        data = ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    data = read_json("MODEL_FALLBACKS_FILE", path)
     if not isinstance(data, dict):
         raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: must be a JSON object of model id -> list of model ids")
     table: dict[str, tuple[Fallback, ...]] = {}
@@ -558,10 +560,7 @@ def load_limits(path: str, providers: Mapping[str, ProviderSettings]) -> dict[st
     if not path:
         return {}
     where = f"PROVIDER_LIMITS_FILE={path!r}"
-    try:
-        data = ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot be read as JSON ({exc.__class__.__name__})") from None
+    data = read_json("PROVIDER_LIMITS_FILE", path)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a JSON object of provider -> {{\"rpm\", \"tpm\", \"tokens_per_day\"}}")
     table: dict[str, ProviderLimits] = {}
