@@ -115,6 +115,26 @@ async def test_an_idle_connection_the_upstream_closed_costs_only_a_search() -> N
 
 
 @pytest.mark.gen_test
+async def test_a_refused_call_takes_no_idle_connection() -> None:
+    # A call given up before its turn never runs: the idle connection it would have taken is still there for the next.
+    server = CountingServer()
+    url = await server.start()
+    transport = Transport(max_connections=8)
+    try:
+        assert (await run(transport, url)).code == 200
+        refused = Transfer()
+        refused.abort()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        transport.start(UpstreamCall(url, b"{}", LINES, 2, 5, refused), future.set_result)
+        assert (await asyncio.wait_for(future, 10)).code == 599
+        assert (await run(transport, url)).code == 200
+        assert len(server.connections) == 1
+    finally:
+        transport.close()
+        server.close()
+
+
+@pytest.mark.gen_test
 async def test_which_calls_skip_the_search() -> None:
     transport = Transport(max_connections=2)
     http = transport.http

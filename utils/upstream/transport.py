@@ -469,11 +469,6 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if call.opensocket is not None:
             setopt(pycurl.OPENSOCKETFUNCTION, call.opensocket)
             handle.dirty = True
-        origin = handle.origin = self._origin(call.url)
-        fresh = self._fresh(origin)
-        if fresh is not handle.fresh:
-            setopt(pycurl.FRESH_CONNECT, 1 if fresh else 0)
-            handle.fresh = fresh
         handle.call, handle.callback = call, callback
         handle.headers, handle.chunks, handle.size = {}, [], 0
         handle.stream = call.streaming_callback
@@ -483,6 +478,12 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             self._release(curl, handle)
             callback(Reply(599, b"", {}, error))
             return
+        # Only a call that runs takes one of the idle connections counted (a refused one would leave the count low).
+        origin = handle.origin = self._origin(call.url)
+        fresh = self._fresh(origin)
+        if fresh is not handle.fresh:
+            setopt(pycurl.FRESH_CONNECT, 1 if fresh else 0)
+            handle.fresh = fresh
         curl.info = handle
         self._multi.add_handle(curl)
 
