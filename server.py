@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -51,6 +52,20 @@ def make_app(ctx: NodeContext) -> Application:
         log_function=log_request,
         compress_response=False,
     )
+
+
+# Python's collector: full collections a tenth as often (the young ones unchanged). Each full collection walks every
+# tracked object, about 120 per held stream, with the loop stopped: 0.12 s at 1,000 streams, 1.2 s at 10,000
+# (bench/PERFORMANCE.md, issue 24).
+GC_THRESHOLDS = (700, 10, 100)
+
+
+def collect_less() -> None:
+    """Before serving: what start-up made (modules, the app, ~135,000 objects) is never walked again, and the
+    collector's full collections come a tenth as often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def mode_of(settings: Settings) -> str:
@@ -101,6 +116,7 @@ class Node:
                 await self.ctx.aclose()
                 raise
         await self.ctx.start()
+        collect_less()
         self.server.add_sockets(self.sockets)
         if self.router is not None:
             self.router.start_heartbeat()
