@@ -282,7 +282,12 @@ def render_table(m: Measurements) -> str:
     """The markdown table, its columns padded so that it also reads well in a terminal."""
     header = ("figure", "node", "direct", "node vs direct", "target", "")
     table = [header, *json_rows(m), *stream_rows(m), *capacity_rows(m), *abort_rows(m)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return padded_table(table)
+
+
+def padded_table(table: list[tuple[str, ...]]) -> str:
+    """Markdown rows (the first is the header), padded so that they also read well in a terminal."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = []
     for n, cells in enumerate(table):
         padded = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(cells)]
@@ -322,14 +327,7 @@ def scale_table(m: Measurements) -> str:
             fmt(rss, " MB", 1),
             fmt(per_stream, " KB", 1),
         ))
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = []
-    for n, cells in enumerate(table):
-        padded = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(cells)]
-        lines.append("| " + " | ".join(padded) + " |")
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in scale_verdicts(m))
+    return padded_table(table) + "\n\n" + "\n".join(f"- {line}" for line in scale_verdicts(m))
 
 
 def scale_verdicts(m: Measurements) -> list[str]:
