@@ -1,4 +1,10 @@
-"""An OpenAI-compatible mock upstream (a fake LLM provider) for the test suite.
+"""A mock upstream (a fake LLM provider) for the test suite: OpenAI-compatible, and Anthropic's Messages API.
+
+It speaks OpenAI's API under ``/v1/chat/completions``, ``/responses``,
+``/embeddings``, ``/completions`` and ``/models``, and Anthropic's Messages
+API under ``/v1/messages`` (``x-api-key`` or bearer auth, Anthropic-shaped message
+objects, typed SSE events and ``{"type": "error", ...}`` error bodies), both
+shaped by the same :class:`Behavior`.
 
 The mock is a :class:`tests.loopback_server.LoopbackServer`: a Tornado
 ``HTTPServer`` on its own asyncio event loop in a background thread, bound to
@@ -49,6 +55,16 @@ class Behavior:
     SSE with ``comments`` first, ``content`` split over ``chunks`` deltas (each
     padded with ``chunk_padding`` "x"), a final chunk and ``[DONE]``.
     ``drop_after_chunks`` / ``hang_after_chunks`` count those ``data:`` events.
+
+    On ``/v1/messages`` (Anthropic) the same fields apply to a ``message``
+    object (errors in Anthropic's shape): a ``thinking`` block first when
+    ``thinking`` is set, a text block (unless ``content`` is empty and there is
+    a ``tool_call``), then a ``tool_use`` block for ``tool_call``; its stream is
+    ``message_start``, each block's ``content_block_start`` / deltas /
+    ``content_block_stop`` (a ``ping`` after the first start), ``message_delta``
+    and ``message_stop``, and every one of those events counts as a chunk.
+    ``cache_read`` / ``cache_write`` are reported in its usage, and
+    ``stop_reason`` replaces the computed ``end_turn`` / ``tool_use``.
     ``headers`` are added to every answer. ``raw_response`` is written to the
     socket as it is (status line and all), which is then closed: for answers
     no HTTP server would send. ``error_body_bytes`` answers ``status`` with a
@@ -77,6 +93,11 @@ class Behavior:
     error_body_bytes: int = 0
     usage_style: str = "openai"  # streamed usage, when asked: "openai" (a usage-only chunk), "groq" (x_groq.usage), "none"
     split_usage: bool = False  # send the usage-only chunk in two writes, a moment apart
+    # Anthropic Messages only (/v1/messages):
+    cache_read: int = 0  # usage.cache_read_input_tokens
+    cache_write: int = 0  # usage.cache_creation_input_tokens
+    stop_reason: str | None = None  # e.g. "max_tokens", "refusal", "stop_sequence", "pause_turn"; None: computed
+    thinking: str | None = None  # a thinking block (signature "sig") before the text
 
 
 @dataclasses.dataclass
@@ -87,7 +108,8 @@ class Recorded:
     complete: the client aborted (or :meth:`MockUpstream.stop` cut it).
 
     ``chunks_sent`` and ``sent_times`` count the SSE ``data:`` events of a
-    stream (content deltas, the final chunk and ``[DONE]``); comments are not
+    stream (content deltas, the final chunk and ``[DONE]``; on ``/v1/messages``
+    every ``event:`` of Anthropic's stream, ``ping`` included); comments are not
     counted, and JSON replies leave them at 0 and empty.
     """
 
@@ -112,6 +134,27 @@ def error_body(message: str, status: int) -> dict:
     """Return an OpenAI-shaped error body for ``status``."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+"""Anthropic's ``error.type`` by HTTP status; other 4xx are ``invalid_request_error``, other 5xx ``api_error``."""
+
+
+def anthropic_error_body(message: str, status: int) -> dict:
+    """Return an Anthropic-shaped error body for ``status``."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def split_content(text: str, pieces: int) -> list[str]:
@@ -143,6 +186,29 @@ def _usage(request: Any, completion: str) -> dict:
     }
 
 
+def _words(content: Any) -> int:
+    """Whitespace-separated words of Anthropic content: a string, or the ``text`` of its text blocks."""
+    if isinstance(content, str):
+        return len(content.split())
+    if isinstance(content, list):
+        return sum(
+            len(block["text"].split())
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+        )
+    return 0
+
+
+def _anthropic_input_tokens(request: dict) -> int:
+    """Rough input tokens of a Messages request: the words of its system prompt and message texts."""
+    count = _words(request.get("system"))
+    messages = request.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, dict):
+            count += _words(message.get("content"))
+    return count
+
+
 def _chunk(base: dict, delta: dict, finish_reason: str | None) -> dict[str, Any]:
     """Build one ``chat.completion.chunk`` from its common fields and a delta."""
     return {
@@ -152,7 +218,7 @@ def _chunk(base: dict, delta: dict, finish_reason: str | None) -> dict[str, Any]
 
 
 class MockUpstream(LoopbackServer):
-    """A fake OpenAI-compatible provider serving from a background thread."""
+    """A fake OpenAI-compatible (and Anthropic Messages) provider serving from a background thread."""
 
     thread_name = "mock-upstream"
     url_path = "/v1"
@@ -170,10 +236,11 @@ class MockUpstream(LoopbackServer):
         self._ids = 0
 
     def make_app(self) -> tornado.web.Application:
-        """Chat completions, responses, embeddings, completions and models; OpenAI-shaped 404 elsewhere."""
+        """Chat completions, responses, embeddings, completions, models, Anthropic messages; OpenAI-shaped 404 elsewhere."""
         return tornado.web.Application(
             [
                 (r"/(?:v1/)?chat/completions", _ChatHandler, {"mock": self}),
+                (r"/(?:v1/)?messages", _MessagesHandler, {"mock": self}),
                 (r"/(?:v1/)?responses", _ResponsesHandler, {"mock": self}),
                 (r"/(?:v1/)?embeddings", _EmbeddingsHandler, {"mock": self}),
                 (r"/(?:v1/)?completions", _CompletionsHandler, {"mock": self}),
@@ -202,7 +269,11 @@ class MockUpstream(LoopbackServer):
             self._by_model[model] = behavior
 
     def set_key_behavior(self, suffix: str, behavior: Behavior) -> None:
-        """Answer requests whose bearer key ends with ``suffix`` with ``behavior`` (before per-model behaviours)."""
+        """Answer requests whose key ends with ``suffix`` with ``behavior`` (before per-model behaviours).
+
+        The key is the bearer token of ``Authorization``, or on ``/v1/messages``
+        the ``x-api-key`` header when there is one.
+        """
         with self._cond:
             self._by_key[suffix] = behavior
 
@@ -226,16 +297,18 @@ class MockUpstream(LoopbackServer):
             self._max_in_flight = self._in_flight
             self._cond.notify_all()
 
-    def _choose(self, body: Any, authorization: str = "") -> Behavior:
-        """Pick (and consume, if queued) the behaviour for a chat request body and its Authorization header.
+    def _choose(self, body: Any, authorization: str = "", api_key: str = "") -> Behavior:
+        """Pick (and consume, if queued) the behaviour for a request body and its key.
 
-        Precedence: the queue, the bearer key's suffix, the model, the default.
+        The key is ``api_key`` (an ``x-api-key`` header) when not empty, else
+        the bearer token of ``authorization``. Precedence: the queue, the
+        key's suffix, the model, the default.
         """
         with self._cond:
             if self._queue:
                 return self._queue.popleft()
-            if self._by_key and authorization.startswith("Bearer "):
-                key = authorization[7:]
+            key = api_key or (authorization[7:] if authorization.startswith("Bearer ") else None)
+            if self._by_key and key is not None:
                 for suffix, behavior in self._by_key.items():
                     if key.endswith(suffix):
                         return behavior
@@ -300,11 +373,15 @@ class MockUpstream(LoopbackServer):
             record.sent_times.append(time.monotonic())
             self._cond.notify_all()
 
-    def _next_id(self) -> str:
-        """Return a fresh completion id."""
+    def _next_number(self) -> int:
+        """Return a fresh serial number for ids."""
         with self._cond:
             self._ids += 1
-            return f"chatcmpl-mock-{self._ids}"
+            return self._ids
+
+    def _next_id(self) -> str:
+        """Return a fresh completion id."""
+        return f"chatcmpl-mock-{self._next_number()}"
 
 
 class _BaseHandler(tornado.web.RequestHandler):
@@ -349,9 +426,13 @@ class _BaseHandler(tornado.web.RequestHandler):
         """The answer is complete (or was deliberately cut off)."""
         self._end(finished=True)
 
+    def error_json(self, message: str, status: int) -> dict:
+        """The error body for ``status``: OpenAI's shape (Anthropic's on ``/v1/messages``)."""
+        return error_body(message, status)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Answer Tornado-generated errors (405, 500, ...) in OpenAI shape."""
-        self.finish(error_body(self._reason, status_code))
+        """Answer Tornado-generated errors (405, 500, ...) in the handler's error shape."""
+        self.finish(self.error_json(self._reason, status_code))
 
     def send_json(self, status: int, body: Any) -> None:
         """Finish with a JSON body."""
@@ -399,12 +480,14 @@ class _ChatHandler(_BaseHandler):
     """``POST /v1/chat/completions``: JSON or SSE answers shaped by a Behavior."""
 
     streams = True  # whether ``"stream": true`` gets an SSE answer
+    key_header: str | None = None  # a header carrying the API key, besides ``Authorization: Bearer``
 
     async def post(self) -> None:
         """Answer with the chosen behaviour; stop quietly if the client leaves."""
         assert self.record is not None
         body = self.record.json
-        behavior = self.mock._choose(body, self.request.headers.get("Authorization", ""))
+        api_key = self.request.headers.get(self.key_header, "") if self.key_header else ""
+        behavior = self.mock._choose(body, self.request.headers.get("Authorization", ""), api_key)
         with contextlib.suppress(_ClientGone, tornado.iostream.StreamClosedError):
             await self.answer(behavior, body if isinstance(body, dict) else None)
 
@@ -440,10 +523,10 @@ class _ChatHandler(_BaseHandler):
             self.send_json(b.status, b.json_body)
         elif b.status >= 400:
             self.send_json(
-                b.status, error_body(b.error_message or "mock error", b.status)
+                b.status, self.error_json(b.error_message or "mock error", b.status)
             )
         elif body is None:
-            self.send_json(400, error_body("Request body is not a JSON object", 400))
+            self.send_json(400, self.error_json("Request body is not a JSON object", 400))
         elif body.get("stream") is True and self.streams:
             await self.stream(b, body)
         else:
@@ -617,9 +700,127 @@ class _CompletionsHandler(_ChatHandler):
         return [f"data: {json.dumps(f)}\n\n" for f in frames] + ["data: [DONE]\n\n"]
 
 
+class _MessagesHandler(_ChatHandler):
+    """``POST /v1/messages``: Anthropic's Messages API, a ``message`` object or its typed SSE events."""
+
+    key_header = "x-api-key"
+
+    def prepare(self) -> None:
+        """Record the request; every answer carries a ``request-id``, as Anthropic's do."""
+        super().prepare()
+        self.set_header("request-id", f"req_mock_{self.mock._next_number()}")
+
+    def error_json(self, message: str, status: int) -> dict:
+        return anthropic_error_body(message, status)
+
+    def stop_reason(self, b: Behavior) -> str:
+        """The behaviour's ``stop_reason``, else ``tool_use`` for a tool call and ``end_turn`` otherwise."""
+        if b.stop_reason is not None:
+            return b.stop_reason
+        return "tool_use" if b.tool_call is not None else "end_turn"
+
+    def stop_sequence(self, b: Behavior, body: dict) -> str | None:
+        """The request's first ``stop_sequences`` entry when the message stopped on one, else None."""
+        sequences = body.get("stop_sequences")
+        if self.stop_reason(b) == "stop_sequence" and isinstance(sequences, list) and sequences:
+            return sequences[0]
+        return None
+
+    def usage(self, b: Behavior, body: dict, output_tokens: int) -> dict:
+        """Anthropic usage: input words of the request, the behaviour's cache counts, ``output_tokens``."""
+        return {
+            "input_tokens": _anthropic_input_tokens(body),
+            "cache_creation_input_tokens": b.cache_write,
+            "cache_read_input_tokens": b.cache_read,
+            "output_tokens": output_tokens,
+        }
+
+    def message(self, b: Behavior, body: dict, content: list[dict], usage: dict, *, done: bool) -> dict:
+        """A ``message`` object; not ``done``: as in ``message_start`` (no stop reason yet)."""
+        return {
+            "id": f"msg_mock_{self.mock._next_number()}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": content,
+            "stop_reason": self.stop_reason(b) if done else None,
+            "stop_sequence": self.stop_sequence(b, body) if done else None,
+            "usage": usage,
+        }
+
+    def has_text(self, b: Behavior) -> bool:
+        """Whether the message has a text block: content, or nothing else to say."""
+        return bool(b.content) or b.tool_call is None
+
+    def tool_use(self, b: Behavior) -> tuple[str, str, Any]:
+        """The tool call's id, name and input (its ``arguments`` parsed; left as text when not JSON)."""
+        assert b.tool_call is not None
+        arguments = b.tool_call.get("arguments", "{}")
+        try:
+            parsed = json.loads(arguments)
+        except (TypeError, ValueError):
+            parsed = arguments
+        return f"toolu_mock_{self.mock._next_number()}", b.tool_call["name"], parsed
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        content: list[dict] = []
+        if b.thinking is not None:
+            content.append({"type": "thinking", "thinking": b.thinking, "signature": "sig"})
+        if self.has_text(b):
+            content.append({"type": "text", "text": b.content})
+        if b.tool_call is not None:
+            tool_id, name, tool_input = self.tool_use(b)
+            content.append({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input})
+        usage = self.usage(b, body, len(b.content.split()))
+        return self.message(b, body, content, usage, done=True)
+
+    def events(self, b: Behavior, body: dict) -> list[str]:
+        events: list[dict] = [
+            {"type": "message_start", "message": self.message(b, body, [], self.usage(b, body, 1), done=False)}
+        ]
+        index = 0
+
+        def block(start: dict, deltas: list[dict]) -> None:
+            nonlocal index
+            events.append({"type": "content_block_start", "index": index, "content_block": start})
+            if index == 0:
+                events.append({"type": "ping"})
+            events.extend({"type": "content_block_delta", "index": index, "delta": d} for d in deltas)
+            events.append({"type": "content_block_stop", "index": index})
+            index += 1
+
+        if b.thinking is not None:
+            pieces = [p for p in split_content(b.thinking, 2) if p] or [""]
+            block(
+                {"type": "thinking", "thinking": "", "signature": ""},
+                [{"type": "thinking_delta", "thinking": p} for p in pieces]
+                + [{"type": "signature_delta", "signature": "sig"}],
+            )
+        text = ""
+        if self.has_text(b):
+            pieces = [p + "x" * b.chunk_padding for p in split_content(b.content, b.chunks)]
+            text = "".join(pieces)
+            block({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in pieces])
+        if b.tool_call is not None:
+            tool_id, name, _ = self.tool_use(b)
+            arguments = str(b.tool_call.get("arguments", "{}"))
+            parts = split_content(arguments, min(len(arguments), max(2, b.chunks))) or [""]
+            block(
+                {"type": "tool_use", "id": tool_id, "name": name, "input": {}},
+                [{"type": "input_json_delta", "partial_json": p} for p in parts],
+            )
+        events.append({
+            "type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason(b), "stop_sequence": self.stop_sequence(b, body)},
+            "usage": {"output_tokens": len(text.split())},
+        })
+        events.append({"type": "message_stop"})
+        return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve the mock with its default behaviour until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(description="OpenAI-compatible mock upstream")
+    parser = argparse.ArgumentParser(description="OpenAI-compatible (and Anthropic Messages) mock upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)
