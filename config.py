@@ -10,7 +10,7 @@ Each setting is named once, as a row of the settings table: the fields of
 :class:`Settings` declared with :func:`setting` (the environment variable, the
 default, the cast that checks a value, the meaning shown in README's
 Configuration table; the attribute is the field's name), plus the rows of
-``ENV_FILE`` and of the providers (:data:`PROVIDER_DEFAULTS`). :data:`SETTINGS`
+``ENV_FILE`` and of the providers (:data:`PROVIDERS`). :data:`SETTINGS`
 lists them all; :func:`load_settings`, :data:`ENV_VARIABLES`, ``tools/demo.py``
 and the test that README's table agrees with it read that list. Adding a
 setting is one ``name: type = setting(...)`` line in :class:`Settings` (and its
@@ -38,17 +38,32 @@ from models.errors import ApiError
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = ROOT / "data" / "supported_models.json"
 
-# provider name -> (base URL variable, default base URL, key variable)
-PROVIDER_DEFAULTS: dict[str, tuple[str, str, str]] = {
-    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "openrouter": ("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
-    "groq": ("GROQ_BASE_URL", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "mira": ("MIRA_BASE_URL", "http://localhost:11434/v1", "MIRA_API_KEY"),
-    "ollama": ("OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY"),
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    """One provider the node knows: its variables, its default base URL, and the dialect (family) it speaks.
+
+    ``api`` names the provider family (``utils.upstream.providers``): ``openai`` for OpenAI's chat
+    completions API, ``anthropic`` for Anthropic's Messages API. Adding a provider of an existing family is
+    one row here (and its line in README's Providers table).
+    """
+
+    url_var: str
+    url_default: str
+    key_var: str
+    api: str = "openai"
+    keyless: bool = False  # a local server that needs no key: always configured
+
+
+PROVIDERS: dict[str, ProviderRow] = {
+    "openai": ProviderRow("OPENAI_BASE_URL", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "openrouter": ProviderRow("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "anthropic": ProviderRow("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY", api="anthropic"),
+    "groq": ProviderRow("GROQ_BASE_URL", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    "mira": ProviderRow("MIRA_BASE_URL", "http://localhost:11434/v1", "MIRA_API_KEY", keyless=True),
+    "ollama": ProviderRow("OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY", keyless=True),
 }
-# Providers that need no key (a local server): always listed as configured.
-KEYLESS_PROVIDERS = ("mira", "ollama")
 # The router forgets a node this many seconds after its last heartbeat.
 ROUTER_LIVENESS_TTL = 12.0
 
@@ -251,6 +266,7 @@ class ProviderSettings:
     name: str
     base_url: str
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api: str = "openai"  # the family it speaks (ProviderRow.api)
 
     @property
     def api_key(self) -> str:
@@ -417,6 +433,11 @@ class Settings:
         "JSON object `{provider: {\"rpm\": N, \"tpm\": N, \"tokens_per_day\": N}}`, each field optional"
         " ([Keys, limits and budgets](#keys-limits-and-budgets)); a bad file stops start-up (exit 2)",
     )
+    anthropic_max_tokens: int = setting(
+        "ANTHROPIC_MAX_TOKENS", 4096, _int(1),
+        "`max_tokens` sent to an `anthropic` target when a chat request sets neither `max_tokens` nor"
+        " `max_completion_tokens` (Anthropic requires one)",
+    )
     redis_url: str = setting(
         "REDIS_URL", "", _redis_url,
         "`redis://` or `rediss://` URL (user, password and database in it) of a Redis that keeps limit windows, key"
@@ -457,10 +478,10 @@ SETTINGS: tuple[Setting, ...] = (
     *(replace(f.metadata[_ROW], attr=f.name) for f in fields(Settings) if _ROW in f.metadata),
     *(
         row
-        for name, (url_var, url_default, key_var) in PROVIDER_DEFAULTS.items()
+        for name, provider in PROVIDERS.items()
         for row in (
-            Setting(url_var, url_default, _url, f"the `{name}/` provider"),
-            Setting(key_var, "", _text, f"the `{name}/` provider"),
+            Setting(provider.url_var, provider.url_default, _url, f"the `{name}/` provider"),
+            Setting(provider.key_var, "", _text, f"the `{name}/` provider"),
         )
     ),
 )
@@ -584,8 +605,8 @@ def load_settings(env_file: str | None = None) -> Settings:
     read = {row.env: _read(config, row) for row in SETTINGS if row is not ENV_FILE}
     values = {row.attr: read[row.env] for row in SETTINGS if row.attr}
     providers = {
-        name: ProviderSettings(name=name, base_url=read[url_var], api_keys=_csv(read[key_var]))
-        for name, (url_var, _, key_var) in PROVIDER_DEFAULTS.items()
+        name: ProviderSettings(name=name, base_url=read[row.url_var], api_keys=_csv(read[row.key_var]), api=row.api)
+        for name, row in PROVIDERS.items()
     }
     _check(values, providers)
     routable = ProviderNames(providers, values["default_provider"])  # as the provider registry splits models

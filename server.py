@@ -22,7 +22,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from config import KEYLESS_PROVIDERS, ConfigError, Settings, load_settings
+from config import PROVIDERS, ConfigError, Settings, load_settings
 from handlers import eval as evaluation
 from handlers import health, meta, proxy, verify
 from handlers.base import NotFoundHandler
@@ -149,7 +149,7 @@ class Node:
 
 
 def start_line(settings: Settings, pid_note: str = "") -> str:
-    configured = [name for name, p in settings.providers.items() if p.api_key or name in KEYLESS_PROVIDERS]
+    configured = [name for name, p in settings.providers.items() if p.api_key or PROVIDERS[name].keyless]
     token_note = f", {token_source(settings)}" if settings.router_base_url else ""
     return (
         f"Mira service node {settings.version} listening on {settings.host}:{settings.port}"

@@ -32,10 +32,9 @@ class ProxyHandler(ApiHandler):
             return
         ctx = self.ctx
         request = parse_proxy_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
-        body = ctx.registry.upstream_body(request)
+        plan = ctx.routing.plan(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
-        plan = ctx.routing.plan(request, body)
         self.provider = plan.primary.target.label
         if not request.stream:
             response, attempt = await ctx.upstream.complete_plan(plan, self.cancel)

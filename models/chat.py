@@ -149,9 +149,10 @@ class CustomProvider:
     base_url: str
     api_key: str
     provider_name: str
+    api: str = "openai"  # the dialect it speaks: "openai" (chat completions) or "anthropic" (Messages)
 
     def __repr__(self) -> str:  # never show the key
-        return f"CustomProvider(base_url={self.base_url!r}, provider_name={self.provider_name!r})"
+        return f"CustomProvider(base_url={self.base_url!r}, provider_name={self.provider_name!r}, api={self.api!r})"
 
     @property
     def host(self) -> str:
@@ -159,6 +160,7 @@ class CustomProvider:
         return urlsplit(self.base_url).hostname or ""
 
 
+CUSTOM_APIS = ("openai", "anthropic")  # what ``model_provider.api`` may name: the provider families
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_PROVIDER_NAME = 100
 
@@ -221,7 +223,12 @@ def parse_custom_provider(value: Any, allowed: bool) -> CustomProvider | None:
     if len(name) > MAX_PROVIDER_NAME:
         raise bad_request(f"'model_provider.provider_name' must be at most {MAX_PROVIDER_NAME} characters",
                           param="model_provider.provider_name")
-    return CustomProvider(base_url=base_url.rstrip("/"), api_key=api_key, provider_name=name)
+    api = value.get("api", "openai")
+    if api is None:
+        api = "openai"
+    if api not in CUSTOM_APIS:
+        raise bad_request(f"'model_provider.api' must be one of {', '.join(CUSTOM_APIS)}", param="model_provider.api")
+    return CustomProvider(base_url=base_url.rstrip("/"), api_key=api_key, provider_name=name, api=api)
 
 
 def is_unicode(text: str) -> bool:

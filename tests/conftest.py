@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from config import ENV_VARIABLES, PROVIDER_DEFAULTS, load_settings
+from config import ENV_VARIABLES, PROVIDERS, load_settings
 from tests.mock_upstream import MockUpstream
 from tools.childproc import ChildProcess
 
@@ -66,9 +66,9 @@ def base_env(upstream: MockUpstream) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "VERSION": "9.9.9-test",
     }
-    for url_var, _, key_var in PROVIDER_DEFAULTS.values():
-        env[url_var] = upstream.base_url
-        env[key_var] = SECRETS[key_var]
+    for row in PROVIDERS.values():
+        env[row.url_var] = upstream.base_url
+        env[row.key_var] = SECRETS[row.key_var]
     return env
 
 

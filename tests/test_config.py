@@ -52,7 +52,7 @@ def test_the_readme_table_shows_each_settings_default_and_meaning() -> None:
 def test_env_variables_is_the_settings_table() -> None:
     assert config.ENV_VARIABLES == tuple(row.env for row in SETTINGS)
     assert len(set(config.ENV_VARIABLES)) == len(config.ENV_VARIABLES), "a variable has two rows"
-    providers = {var for url_var, _, key_var in config.PROVIDER_DEFAULTS.values() for var in (url_var, key_var)}
+    providers = {var for row in config.PROVIDERS.values() for var in (row.url_var, row.key_var)}
     assert providers | {"ENV_FILE"} <= set(config.ENV_VARIABLES)
     text = (ROOT / "config.py").read_text()
     assert text.count("config.get(") == 1, "config.py reads a variable outside its settings table"

@@ -29,7 +29,7 @@ async def test_sdk_responses_json(node_url, upstream):
 
 async def test_sdk_responses_stream(node_url, upstream):
     client = sdk(node_url)
-    stream = await client.responses.create(model="anthropic/claude", input="hi", stream=True)
+    stream = await client.responses.create(model="openrouter/llama", input="hi", stream=True)
     kinds, text = [], ""
     async for event in stream:
         kinds.append(event.type)
@@ -129,9 +129,9 @@ async def test_a_custom_provider_gets_the_endpoints_path(node_url, upstream):
 
 async def test_fallbacks_work_on_every_route(node_url, upstream):
     upstream.set_behavior("down", Behavior(status=503))
-    body = {"model": "openai/down", "input": "hi", "fallbacks": ["anthropic/up"]}
+    body = {"model": "openai/down", "input": "hi", "fallbacks": ["openrouter/up"]}
     response = await post(node_url + "/v1/embeddings", body)
-    assert response.code == 200 and response.headers["X-Mira-Model"] == "anthropic/up"
+    assert response.code == 200 and response.headers["X-Mira-Model"] == "openrouter/up"
     assert "fallbacks" not in upstream.requests[-1].json
 
 

@@ -183,8 +183,8 @@ async def test_completions_streams_get_the_same_treatment(node_url, upstream):
 
 
 async def test_a_responses_stream_counts_response_completed_usage(node_url, upstream):
-    async with Counts(node_url, "anthropic", "other") as counts:
-        response = await post(node_url + "/v1/responses", {"model": "anthropic/claude", "input": "two words", "stream": True})
+    async with Counts(node_url, "groq", "other") as counts:
+        response = await post(node_url + "/v1/responses", {"model": "groq/claude", "input": "two words", "stream": True})
         assert await counts.added() == (2, 3)
     seen = upstream.requests[0]
     assert "stream_options" not in seen.json  # responses streams are never changed

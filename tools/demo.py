@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python tools/demo.py``
     sys.path.insert(0, str(ROOT))
 
-from config import ENV_FILE, ENV_VARIABLES, PROVIDER_DEFAULTS, env_name  # noqa: E402
+from config import ENV_FILE, ENV_VARIABLES, PROVIDERS, env_name  # noqa: E402
 from tools.childproc import ChildProcess  # noqa: E402
 
 UPSTREAM_SCRIPT = ROOT / "tools" / "demo_upstream.py"
@@ -58,8 +58,8 @@ PASSED_ON = tuple(name for name in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE"
 
 
 def provider_variables() -> list[tuple[str, str]]:
-    """(base URL variable, key variable) of every provider the node knows, from config.PROVIDER_DEFAULTS."""
-    return [(url_var, key_var) for url_var, _, key_var in PROVIDER_DEFAULTS.values()]
+    """(base URL variable, key variable) of every provider the node knows, from config.PROVIDERS."""
+    return [(row.url_var, row.key_var) for row in PROVIDERS.values()]
 
 
 def start_child(name: str, args: list[str], env: dict[str, str], echo: bool, ended: threading.Event) -> ChildProcess:

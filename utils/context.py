@@ -17,7 +17,8 @@ from utils.redact import PROCESS_REDACTOR
 from utils.router_client import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
 from utils.upstream.ledger import Ledger, LocalLedger
-from utils.upstream.routing import Attempt, Circuit, Routing
+from utils.upstream.providers import Attempt
+from utils.upstream.routing import Circuit, Routing
 from utils.upstream.usage import Usage
 
 
@@ -72,7 +73,7 @@ class NodeContext:
             model = "custom"
         else:
             model = attempt.model_id if attempt.model_id in self._listed else "other"
-        metrics.tokens(provider, model, usage.prompt, usage.completion)
+        metrics.tokens(provider, model, usage.prompt, usage.completion, usage.cache_read, usage.cache_write)
 
     def admit(self, cancel: Cancel) -> None:
         """One more request in flight (the caller checked MAX_CONCURRENT_REQUESTS)."""

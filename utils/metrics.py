@@ -225,8 +225,11 @@ def fallback(from_provider: str, to_provider: str) -> None:
     _child(FALLBACKS, from_provider, to_provider).inc()
 
 
-def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
-    """Count the tokens of one answer (``model``: a listed model id, ``other`` or ``custom``)."""
+def tokens(provider: str, model: str, prompt: int, completion: int, cache_read: int = 0, cache_write: int = 0) -> None:
+    """Count the tokens of one answer (``model``: a listed model id, ``other`` or ``custom``).
+
+    ``cache_read`` and ``cache_write`` are parts of ``prompt``, counted under their own kinds as well.
+    """
     cells = _token_cells.get((provider, model))
     if cells is None:
         cells = _token_cells[(provider, model)] = (
@@ -236,6 +239,10 @@ def tokens(provider: str, model: str, prompt: int, completion: int) -> None:
         _add(cells[0], prompt)
     if completion:
         _add(cells[1], completion)
+    if cache_read:
+        _add(_child(TOKENS, provider, model, "cache_read").inc, cache_read)
+    if cache_write:
+        _add(_child(TOKENS, provider, model, "cache_write").inc, cache_write)
 
 
 def limit_refusal(provider: str, limit: str) -> None:

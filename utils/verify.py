@@ -173,17 +173,19 @@ async def complete_chat(
     """One non-streaming chat call to ``ref`` (retries and timeouts as chat); the parsed JSON answer.
 
     Goes through the registry like a chat request, so provider-specific body
-    additions (OpenRouter's ignored providers) apply here too.
+    additions (OpenRouter's ignored providers) apply here too, and a provider
+    of another dialect (``anthropic``) is asked in its own and answers in chat.
     """
     if cancel is not None:
         cancel.check()  # a transfer begun after cancel() would not be aborted
-    request = ref.chat_request(payload)
-    target = registry.target_for(request)
-    response = await upstream.complete(target, registry.upstream_body(request), cancel, model_id=ref.id)
+    attempt = registry.attempt(ref.chat_request(payload), ref.id)
+    response = await upstream.complete(attempt, cancel)
     try:
         return ujson.loads(response.body)
     except (ValueError, OverflowError):
-        raise ApiError(502, f"{target.provider} API answered with invalid JSON", code="upstream_invalid_json") from None
+        raise ApiError(
+            502, f"{attempt.target.provider} API answered with invalid JSON", code="upstream_invalid_json"
+        ) from None
 
 
 async def ask_model(

@@ -9,7 +9,8 @@
 * ``routing``: a request's plan (the primary attempt, then its fallbacks) and the providers' circuits;
 * ``relay``: a stream's bytes to the client (backpressure, silence watchdog);
 * ``usage``: token usage read from answers and streams;
-* ``providers``: where a model name is sent (URL, key, headers);
+* ``providers``: the provider seam: the registry (where a model name is sent), the one interface a provider
+  family implements (``providers/base.py``) and a module per family (``openai.py``, ``anthropic.py``);
 * ``guard``: which addresses a per-request custom provider may reach (SSRF).
 
 Other modules import what they need from here.

@@ -44,11 +44,11 @@ from utils.upstream.failures import (
 from utils.upstream.guard import AddressGuard
 from utils.upstream.ledger import KEYS_COOLING, Ledger, LocalLedger, Ticket, refusal
 from utils.upstream.policy import Policy
-from utils.upstream.providers import Target
+from utils.upstream.providers import Attempt, Target
 from utils.upstream.relay import Relay, StreamResult, StreamSink
-from utils.upstream.routing import Attempt, Circuit, provider_unavailable
+from utils.upstream.routing import Circuit, provider_unavailable
 from utils.upstream.transport import Reply, Transfer, Transport, UpstreamCall, failure_of
-from utils.upstream.usage import StreamUsage, Usage, read_usage
+from utils.upstream.usage import Usage
 
 log = logging.getLogger("mira.upstream")
 
@@ -183,11 +183,9 @@ class UpstreamClient:
 
     # -- public calls -------------------------------------------------------------------
 
-    async def complete(
-        self, target: Target, body: bytes, cancel: Cancel | None = None, model_id: str = ""
-    ) -> UpstreamResponse:
-        """POST ``body`` and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
-        response, _ = await self.complete_plan((Attempt(model_id, target, body),), cancel)
+    async def complete(self, attempt: Attempt, cancel: Cancel | None = None) -> UpstreamResponse:
+        """POST one attempt and return the 2xx answer; raise ``ApiError`` (or :class:`Cancelled`) otherwise."""
+        response, _ = await self.complete_plan((attempt,), cancel)
         return response
 
     async def complete_plan(self, plan: Iterable[Attempt], cancel: Cancel | None = None) -> tuple[UpstreamResponse, Attempt]:
@@ -269,7 +267,7 @@ class UpstreamClient:
                             break
                         key = ticket.key
                         if target.pool:
-                            attempt = Attempt(attempt.model_id, target.pool[key], attempt.body, attempt.strip_usage)
+                            attempt = attempt._replace(target=target.pool[key])
                     try:
                         value = await try_once(attempt, cancel)
                     except UpstreamFailure as failure:
@@ -405,8 +403,8 @@ class UpstreamClient:
             raise failure_of(response, transfer, target.provider)
         metrics.upstream_call(target.label, str(status), elapsed)
         if 200 <= status < 300 and status != 204:
-            body = response.body or b""
-            return UpstreamResponse(status, body, media_type(response.headers.get("Content-Type")), read_usage(body))
+            body, usage = attempt.reader.json(response.body or b"")
+            return UpstreamResponse(status, body, media_type(response.headers.get("Content-Type")), usage)
         if not passable(status):
             raise InvalidStatus(target.provider, status)
         raise UpstreamStatus(target.provider, status, response.body or b"", response.headers.get("Retry-After"), target.api_key)
@@ -417,7 +415,7 @@ class UpstreamClient:
         target, body = attempt.target, attempt.body
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
-        usage = StreamUsage(attempt.strip_usage)
+        usage = attempt.reader.stream()
         relay = Relay(sink, transfer, result, started, usage)
         relay.watch_silence(self.settings.upstream_timeout)
         try:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from models.errors import ApiError
+from utils.upstream.providers.base import StreamWatcher
 from utils.upstream.transport import Transfer, status_of
-from utils.upstream.usage import StreamUsage, Usage
+from utils.upstream.usage import Usage
 
 HIGH_WATER = 256 * 1024  # pause the upstream when this much is waiting for the client
 LOW_WATER = 64 * 1024  # and resume below this
@@ -53,7 +54,7 @@ class Relay:
     """
 
     def __init__(
-        self, sink: StreamSink, transfer: Transfer, result: StreamResult, started: float, usage: StreamUsage
+        self, sink: StreamSink, transfer: Transfer, result: StreamResult, started: float, usage: StreamWatcher
     ) -> None:
         self.sink = sink
         self.usage = usage

@@ -15,27 +15,19 @@ Per-request custom providers have no circuit. The state is per process.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from time import monotonic, time
-from typing import NamedTuple
 from urllib.parse import quote
 
 from config import Settings
 from models.chat import Fallback, ProxyRequest
 from models.errors import ApiError
 from utils import metrics
-from utils.upstream.providers import ProviderRegistry, Target
-from utils.upstream.usage import wants_injection
+from utils.upstream.providers import Attempt, ProviderRegistry, Target
 
-
-class Attempt(NamedTuple):
-    """One target of a request: the model as the client names it, where it goes, the body it gets."""
-
-    model_id: str  # "PROVIDER/MODEL" (a custom provider's model as given): X-Mira-Model
-    target: Target
-    body: bytes
-    strip_usage: bool = False  # the node asked for stream usage: the usage-only event is not the client's
+log = logging.getLogger("mira.upstream")
 
 
 class Circuit:
@@ -146,17 +138,20 @@ class Routing:
         return {name: ("up" if self.circuits[name].up else "down") if name in self.circuits else "up"
                 for name in self.registry.names}
 
-    def plan(self, request: ProxyRequest, body: bytes) -> Plan:
-        """The request's attempts in order: the primary (``body`` already encoded), then each fallback."""
+    def plan(self, request: ProxyRequest) -> Plan:
+        """The request's attempts in order: the primary (its body prepared now: a 400 is raised here), then each fallback."""
         primary_id = header_safe(request.model if request.custom is not None else f"{request.provider}/{request.model}")
-        strip = wants_injection(request, self.registry.stream_usage)
-        primary = Attempt(primary_id, self.registry.target_for(request), body, strip)
+        primary = self.registry.attempt(request, primary_id)
         fallbacks = request.fallbacks if request.fallbacks is not None else self.fallbacks.get(primary_id, ())
         return Plan(primary, request, fallbacks, self.registry)
 
 
 class Plan:
-    """A request's attempts: :attr:`primary`, then each fallback, its body built when it is reached."""
+    """A request's attempts: :attr:`primary`, then each fallback, its body built when it is reached.
+
+    A fallback that cannot take the request (an endpoint or a parameter its
+    provider's dialect does not have) is skipped.
+    """
 
     __slots__ = ("primary", "_request", "_fallbacks", "_registry")
 
@@ -175,6 +170,7 @@ class Plan:
                 self._request, provider=fallback.provider, model=fallback.name, custom=None,
                 body=dict(self._request.body, model=fallback.name),
             )
-            strip = wants_injection(other, self._registry.stream_usage)
-            target = self._registry.target_for(other)
-            yield Attempt(header_safe(fallback.id), target, self._registry.upstream_body(other), strip)
+            try:
+                yield self._registry.attempt(other, header_safe(fallback.id))
+            except ApiError as error:
+                log.info("skipping fallback %s: %s", fallback.id, error.message)

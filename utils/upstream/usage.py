@@ -3,7 +3,8 @@
 Reading never parses a whole answer. JSON and SSE are searched for the last
 ``"usage":`` key (a JSON string cannot hold an unescaped quote, so the match
 is a real key), then for ``prompt_tokens``/``input_tokens`` and
-``completion_tokens``/``output_tokens`` after it: chat, completions and
+``completion_tokens``/``output_tokens`` (and ``cached_tokens``, the cache reads
+among the prompt's) after it: chat, completions and
 embeddings (``usage``), Groq (``x_groq.usage``), responses
 (``response.completed``'s ``response.usage``) alike.
 
@@ -26,6 +27,7 @@ from models.endpoints import CHAT, COMPLETIONS
 _USAGE = b'"usage"'
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+_CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')  # prompt_tokens_details / input_tokens_details: cache reads
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
@@ -34,8 +36,12 @@ MAX_TAIL = 256 * 1024  # an "event" longer than this is not SSE worth watching
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of one answer. ``cache_read`` and ``cache_write`` are parts of ``prompt`` (0 when not reported)."""
+
     prompt: int
     completion: int
+    cache_read: int = 0
+    cache_write: int = 0
 
 
 def read_usage(data: bytes) -> Usage | None:
@@ -47,7 +53,10 @@ def read_usage(data: bytes) -> Usage | None:
     if prompt is None:
         return None
     completion = _COMPLETION.search(data, at)
-    return Usage(int(prompt.group(1)), int(completion.group(1)) if completion else 0)
+    cached = _CACHED.search(data, at) if data.find(b'"cached_tokens"', at) >= 0 else None
+    return Usage(
+        int(prompt.group(1)), int(completion.group(1)) if completion else 0, int(cached.group(1)) if cached else 0
+    )
 
 
 def wants_injection(request: ProxyRequest, mode: str) -> bool:

@@ -1,69 +1,89 @@
-"""The provider registry: which URL and key a model name is sent to."""
+"""The provider registry: where a model name is sent, and in which dialect.
+
+Providers are data (``config.PROVIDERS``: URL and key variables, the family
+each speaks); families are modules (:mod:`.openai`, :mod:`.anthropic`) behind
+one interface (:mod:`.base`). The registry builds, once, a :class:`Target`
+per configured provider and endpoint it offers (one per key of a pool), and
+turns a validated request into its :class:`Attempt`: target, body, and the
+reader of the answer.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from config import Settings
 from models.chat import ProviderNames, ProxyRequest
-from models.endpoints import CHAT, ENDPOINTS
-from models.jsonbody import json_bytes
+from models.endpoints import CHAT, ENDPOINTS, Endpoint
+from models.errors import ApiError
+from utils.upstream.providers.anthropic import MessagesFamily
+from utils.upstream.providers.base import AnswerReader, Attempt, Family, StreamWatcher, Target
+from utils.upstream.providers.openai import OpenAICompatible
 from utils.upstream.transport import header_lines
-from utils.upstream.usage import wants_injection
+
+__all__ = ["AnswerReader", "Attempt", "Family", "ProviderRegistry", "StreamWatcher", "Target", "unsupported_endpoint"]
+
+_NO_ADDITIONS: Mapping[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class Target:
-    """One upstream endpoint: the provider's name, its chat URL and its key."""
-
-    provider: str  # shown in error messages
-    url: str
-    api_key: str = field(repr=False)
-    label: str = ""  # bounded metrics label: the configured name, or "custom"
-    header_lines: list[bytes] = field(default_factory=list, repr=False)  # as libcurl takes them
-    guarded: bool = False  # connect only to public addresses (a custom provider, see utils.upstream.guard)
-    # Keys, limits and budgets (utils.upstream.ledger): a provider with a key pool or limits asks the ledger
-    # before each call (gated); ``pool`` holds the target of each key of a pool of two or more.
-    gated: bool = False
-    limited: bool = False  # its answers' tokens are counted against its limits
-    pool: tuple[Target, ...] = field(default=(), repr=False)
+def unsupported_endpoint(provider: str, api: str, endpoint: Endpoint) -> ApiError:
+    """The 400 for a request to an endpoint that the provider's dialect does not have."""
+    return ApiError(
+        400,
+        f"{provider} speaks the {'Messages' if api == 'anthropic' else api} API, which has no /v1{endpoint.path}:"
+        " use /v1/chat/completions, or a model of another provider",
+        param="model", code="unsupported_endpoint",
+    )
 
 
 class ProviderRegistry:
     """The configured providers, with their request headers built once."""
 
     def __init__(self, settings: Settings) -> None:
-        # provider name -> upstream path -> target, for every proxied endpoint
-        self._targets: dict[str, dict[str, Target]] = {
-            name: {e.path: self._configured(name, p.base_url, p.api_keys, name in settings.provider_limits, e.path)
-                   for e in ENDPOINTS}
-            for name, p in settings.providers.items()
+        self.families: dict[str, Family] = {
+            "openai": OpenAICompatible(settings.stream_usage),
+            "anthropic": MessagesFamily(settings.anthropic_max_tokens),
         }
+        # provider name -> the node's endpoint path -> target, for every endpoint the provider's family offers
+        self._targets: dict[str, dict[str, Target]] = {}
+        for name, p in settings.providers.items():
+            family = self.families[p.api]
+            limited = name in settings.provider_limits
+            self._targets[name] = {
+                e.path: self._configured(name, family, p.base_url, p.api_keys, limited, e)
+                for e in ENDPOINTS if family.path(e) is not None
+            }
+        self.apis = {name: p.api for name, p in settings.providers.items()}  # the family of each provider
         self.pools = {name: len(p.api_keys) for name, p in settings.providers.items()}  # keys per provider
         self.routable = ProviderNames(self._targets, settings.default_provider)  # what requests' models are split by
-        self._openrouter_ignore = list(settings.openrouter_ignored_providers)
+        # each provider's own body fields, added to a chat request that does not set them
+        self._additions: dict[str, Mapping[str, Any]] = {}
+        if settings.openrouter_ignored_providers:
+            self._additions["openrouter"] = {"provider": {"ignore": list(settings.openrouter_ignored_providers)}}
         self._guard_custom = not settings.custom_provider_allow_private
         self.stream_usage = settings.stream_usage
 
-    @staticmethod
     def make_target(
-        provider: str, base_url: str, api_key: str, label: str = "", guarded: bool = False, path: str = CHAT.path
+        self, provider: str, base_url: str, api_key: str, label: str = "", guarded: bool = False,
+        endpoint: Endpoint = CHAT, api: str = "openai",
     ) -> Target:
-        """A target for ``{base_url}{path}`` (chat completions by default) with its headers."""
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = "Bearer " + api_key
-        url = base_url.rstrip("/") + path
-        lines = header_lines(headers)
+        """A target for ``endpoint`` (chat completions by default) of a provider of family ``api``, with its headers."""
+        family = self.families[api]
+        path = family.path(endpoint)
+        if path is None:
+            raise unsupported_endpoint(provider, api, endpoint)
         return Target(
-            provider=provider, url=url, api_key=api_key, label=label or provider, header_lines=lines, guarded=guarded
+            provider=provider, url=base_url.rstrip("/") + path, api_key=api_key, family=family, label=label or provider,
+            header_lines=header_lines(family.headers(api_key)), guarded=guarded,
         )
 
-    @classmethod
-    def _configured(cls, name: str, base_url: str, keys: tuple[str, ...], limited: bool, path: str) -> Target:
+    def _configured(
+        self, name: str, family: Family, base_url: str, keys: tuple[str, ...], limited: bool, endpoint: Endpoint
+    ) -> Target:
         """A configured provider's target; with a pool or limits, gated, with a target per key."""
-        keyed = tuple(cls.make_target(name, base_url, key, path=path) for key in keys or ("",))
+        keyed = tuple(self.make_target(name, base_url, key, endpoint=endpoint, api=family.api) for key in keys or ("",))
         if len(keyed) == 1 and not limited:
             return keyed[0]
         if limited:
@@ -76,27 +96,24 @@ class ProviderRegistry:
         return list(self._targets)
 
     def target_for(self, request: ProxyRequest) -> Target:
-        """Where a validated request goes: its custom provider or a configured one, at its endpoint's path."""
-        path = request.endpoint.path
+        """Where a validated request goes: its custom provider or a configured one, at its endpoint's path.
+
+        A provider whose dialect has no such endpoint: 400 ``unsupported_endpoint``.
+        """
         if request.custom is not None:
             c = request.custom
             return self.make_target(
-                c.provider_name, c.base_url, c.api_key, label="custom", guarded=self._guard_custom, path=path
+                c.provider_name, c.base_url, c.api_key, label="custom", guarded=self._guard_custom,
+                endpoint=request.endpoint, api=c.api,
             )
-        return self._targets[request.provider][path]
+        target = self._targets[request.provider].get(request.endpoint.path)
+        if target is None:
+            raise unsupported_endpoint(request.provider, self.apis[request.provider], request.endpoint)
+        return target
 
-    def upstream_body(self, request: ProxyRequest) -> bytes:
-        """The JSON body sent upstream, with provider-specific additions and, where the node wants it, usage asked for."""
-        body: dict[str, Any] = request.body
-        if wants_injection(request, self.stream_usage):
-            options = body.get("stream_options")
-            body = dict(body, stream_options={**(options if isinstance(options, dict) else {}), "include_usage": True})
-        if (
-            request.custom is None
-            and request.endpoint.chat_rules
-            and request.provider == "openrouter"
-            and self._openrouter_ignore
-            and "provider" not in body
-        ):
-            body = dict(body, provider={"ignore": self._openrouter_ignore})
-        return json_bytes(body)
+    def attempt(self, request: ProxyRequest, model_id: str) -> Attempt:
+        """The attempt of ``request`` at its provider: the target, the body prepared for its family, the answer's reader."""
+        target = self.target_for(request)
+        additions = self._additions.get(request.provider, _NO_ADDITIONS) if request.custom is None else _NO_ADDITIONS
+        body, reader = target.family.prepare(request, additions)
+        return Attempt(model_id, target, body, reader)

@@ -1,0 +1,70 @@
+"""The OpenAI-compatible family: openai, openrouter, groq, mira, ollama, and a custom ``model_provider``.
+
+Every endpoint of the node goes to the same path under the provider's base
+URL with ``Authorization: Bearer KEY``. A request is relayed as it came, with
+two changes the node makes itself: ``stream_options.include_usage`` asked for
+(STREAM_USAGE=inject; the usage-only event is then kept from the client), and
+the provider's additions (OpenRouter's ``provider.ignore``) on chat requests
+that do not set them. Answers pass through byte for byte; usage is read on the
+way (:mod:`utils.upstream.usage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from models.chat import ProxyRequest
+from models.endpoints import Endpoint
+from models.jsonbody import json_bytes
+from utils.upstream.providers.base import AnswerReader, Family
+from utils.upstream.usage import StreamUsage, Usage, read_usage, wants_injection
+
+
+class Relayed:
+    """The reader of an answer in the client's own dialect: bytes as they came, usage read on the way."""
+
+    __slots__ = ("strip",)
+
+    def __init__(self, strip: bool) -> None:
+        self.strip = strip  # the node asked for stream usage: the usage-only event is not the client's
+
+    def json(self, body: bytes) -> tuple[bytes, Usage | None]:
+        return body, read_usage(body)
+
+    def stream(self) -> StreamUsage:
+        return StreamUsage(self.strip)
+
+
+RELAYED = Relayed(False)
+RELAYED_USAGE_ASKED = Relayed(True)
+
+
+class OpenAICompatible(Family):
+    """OpenAI's API as most providers offer it."""
+
+    api = "openai"
+
+    def __init__(self, stream_usage: str) -> None:
+        self.stream_usage = stream_usage  # STREAM_USAGE
+
+    def path(self, endpoint: Endpoint) -> str:
+        return endpoint.path
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = "Bearer " + api_key
+        return headers
+
+    def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> tuple[bytes, AnswerReader]:
+        body: dict[str, Any] = request.body
+        inject = wants_injection(request, self.stream_usage)
+        if inject:
+            options = body.get("stream_options")
+            body = dict(body, stream_options={**(options if isinstance(options, dict) else {}), "include_usage": True})
+        if additions and request.endpoint.chat_rules:
+            missing = {name: value for name, value in additions.items() if name not in body}
+            if missing:
+                body = {**body, **missing}
+        return json_bytes(body), RELAYED_USAGE_ASKED if inject else RELAYED
