@@ -94,12 +94,13 @@ class Cancel:
     reaches the upstream.
     """
 
-    __slots__ = ("cancelled", "reason", "_transfers")
+    __slots__ = ("cancelled", "reason", "_transfers", "_sleepers")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.reason = ""
         self._transfers: set[Transfer] = set()
+        self._sleepers: list[asyncio.Future[None]] = []  # the back-off pauses under way (see sleep)
 
     def cancel(self, reason: str = "client disconnected") -> None:
         if self.cancelled:
@@ -108,6 +109,23 @@ class Cancel:
         self.reason = reason
         for transfer in list(self._transfers):
             transfer.abort()
+        for sleeper in self._sleepers:
+            if not sleeper.done():
+                sleeper.set_result(None)
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or only until this token is cancelled; then raise :class:`Cancelled` if it was."""
+        self.check()
+        loop = asyncio.get_running_loop()
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(delay, _wake, sleeper)
+        self._sleepers.append(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleepers.remove(sleeper)
+        self.check()
 
     @property
     def shutting_down(self) -> bool:
@@ -122,6 +140,11 @@ class Cancel:
     def transfer(self) -> Transfer:
         """A new transfer that this token aborts."""
         return Transfer(self._transfers)
+
+
+def _wake(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)
 
 
 @dataclass
@@ -330,9 +353,10 @@ class UpstreamClient:
         metrics.upstream_retry(target.label)
         log.info("retrying %s API (retry %d of %d) after %s in %.2fs", target.provider, tried,
                  self.settings.upstream_retries, status, delay)
-        await asyncio.sleep(delay)
         if cancel is not None:
-            cancel.check()
+            await cancel.sleep(delay)  # a client that leaves, or the drain's cut, ends the pause at once
+        else:
+            await asyncio.sleep(delay)
 
     # -- one attempt ----------------------------------------------------------------------
 
