@@ -30,7 +30,7 @@ from typing import TypeVar
 from config import Settings
 from models.errors import ApiError
 from utils import metrics
-from utils.redact import PROCESS_REDACTOR, Redactor
+from utils.redact import Redactor
 from utils.upstream.failures import (
     SHUTDOWN,
     Cancelled,
@@ -68,7 +68,7 @@ def passable(status: int) -> bool:
 _media_types: dict[str, str] = {}
 
 
-def media_type(raw: str | None) -> str:
+def media_type(raw: str | None, redact: Redactor) -> str:
     """The Content-Type of an upstream JSON answer as passed on: a plain media type, else JSON.
 
     Upstream header text never goes back as it is (it could carry anything);
@@ -78,7 +78,7 @@ def media_type(raw: str | None) -> str:
         return "application/json"
     known = _media_types.get(raw)
     if known is None:
-        plain = len(raw) <= 100 and _MEDIA_TYPE.match(raw) and not PROCESS_REDACTOR.found_in(raw)
+        plain = len(raw) <= 100 and _MEDIA_TYPE.match(raw) and not redact.found_in(raw)
         known = raw if plain else "application/json"
         if len(_media_types) < 64:
             _media_types[raw] = known
@@ -428,7 +428,7 @@ class UpstreamClient:
         metrics.upstream_call(target.label, str(status), elapsed)
         if 200 <= status < 300 and status != 204:
             body, usage = attempt.reader.json(response.body or b"")
-            return UpstreamResponse(status, body, media_type(response.headers.get("Content-Type")), usage)
+            return UpstreamResponse(status, body, media_type(response.headers.get("Content-Type"), self.redact), usage)
         if not passable(status):
             raise InvalidStatus(target.provider, status)
         raise UpstreamStatus(target.provider, status, response.body or b"", response.headers.get("Retry-After"), target.api_key)
