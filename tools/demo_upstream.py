@@ -1,7 +1,8 @@
-"""A small OpenAI-compatible upstream for ``make demo``: canned answers, streamed at a readable pace.
+"""A small OpenAI- and Anthropic-compatible upstream for ``make demo``: canned answers, streamed at a readable pace.
 
-It stands in for every provider so that the node can be tried on a machine
-with no provider key and no network:
+It stands in for every provider (``anthropic/`` included, in Anthropic's
+Messages API) so that the node can be tried on a machine with no provider key
+and no network:
 
 * ``POST /v1/chat/completions`` (also without ``/v1``): a ``chat.completion``
   with ``usage``; with ``"stream": true``, server-sent events that carry the
@@ -14,6 +15,23 @@ with no provider key and no network:
 * A conversation that asks for "yes or no" (an eval system prompt, say) is
   answered ``Yes.``; any other one gets a sentence that quotes the last user
   message.
+* ``POST /v1/messages`` (also without ``/v1``): the same answers in
+  Anthropic's Messages API: a ``message`` with ``text`` or ``tool_use``
+  content, ``stop_reason`` and ``usage``; with ``"stream": true``, Anthropic's
+  named events (``message_start``, ``content_block_start``, ``ping``, a
+  ``text_delta`` per word at the same pace or ``input_json_delta`` fragments,
+  ``content_block_stop``, ``message_delta``, ``message_stop``). The text read
+  is ``system``, string content, ``text`` blocks and ``tool_result`` content.
+  With ``tools`` the answer is a ``tool_use`` picked as for chat (whatever
+  ``tool_choice`` says), except that ``{"type": "tool", "name": ...}`` gets
+  that tool and ``{"type": "none"}`` gets text. Errors are Anthropic-shaped
+  (``{"type": "error", "error": {...}}``): a body that is not a JSON object
+  with ``messages`` and a positive integer ``max_tokens``, or a named tool
+  not among ``tools``, is a 400. ``max_tokens``, ``stop_sequences`` and the
+  sampling options are not applied, and the ``x-api-key`` and
+  ``anthropic-version`` headers are not checked.
+* ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, N the words of
+  the request's ``system`` and messages.
 * ``GET /v1/models``: the demo's model; anything else is an OpenAI-shaped 404.
 
 Run: ``python tools/demo_upstream.py [--port 0] [--words-per-second 20]``. It
@@ -93,6 +111,11 @@ def chosen_tool(tools: Any) -> str | None:
         for t in tools
         if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
     ]
+    return _pick(names)
+
+
+def _pick(names: list[str]) -> str | None:
+    """The demo's tool among ``names``: verify_statement if there, else the first (None for none)."""
     if not names:
         return None
     return VERIFY_TOOL if VERIFY_TOOL in names else names[0]
@@ -116,8 +139,94 @@ def words(text: str) -> list[str]:
     return [parts[0], *(" " + part for part in parts[1:])]
 
 
-class ChatHandler(tornado.web.RequestHandler):
-    """``POST /v1/chat/completions``: JSON or SSE."""
+# -- Anthropic's Messages API -----------------------------------------------------------------
+
+
+def anthropic_error(message: str, status: int) -> dict[str, Any]:
+    """An Anthropic-shaped error object."""
+    kind = "api_error" if status >= 500 else "not_found_error" if status == 404 else "invalid_request_error"
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _blocks_text(content: Any) -> str:
+    """The text of Messages content: a string, or the ``text`` blocks and ``tool_result`` contents of a block list."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_result":
+            texts.append(_blocks_text(block.get("content")))
+    return " ".join(text for text in texts if text)
+
+
+def conversation(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Messages request's ``system`` and ``messages`` as chat messages with string content.
+
+    That is what :func:`reply_text` and :func:`usage` read, so a Messages
+    request is answered and counted as the same chat request would be.
+    """
+    system = _blocks_text(body.get("system"))
+    turns = [
+        {"role": message.get("role"), "content": _blocks_text(message.get("content"))}
+        for message in body["messages"]
+        if isinstance(message, dict)
+    ]
+    return [{"role": "system", "content": system}, *turns] if system else turns
+
+
+def messages_tool(tools: Any, choice: Any) -> str | None:
+    """The tool to call for a Messages request: none for ``{"type": "none"}``, the named one for
+    ``{"type": "tool"}``, else (``auto``, ``any`` or no choice) as :func:`chosen_tool` picks for chat."""
+    if not isinstance(tools, list):
+        tools = []
+    names = [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "none":
+        return None
+    if kind == "tool" and choice.get("name") in names:
+        return choice["name"]
+    return _pick(names)
+
+
+def messages_problem(body: Any) -> str | None:
+    """What makes ``body`` an invalid Messages request, or None when it is fine."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return "The body must be a JSON object with a 'messages' array"
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:
+        return "max_tokens: a positive integer is required"
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+        if not any(isinstance(t, dict) and t.get("name") == choice.get("name") for t in tools):
+            return f"tool_choice.name: tool {choice.get('name')!r} is not one of the request's tools"
+    return None
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """A handler of JSON requests and answers."""
+
+    def json_body(self) -> Any:
+        """The request's body as JSON (None when it is empty or not JSON)."""
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError:
+            return None
+
+    def send_json(self, status: int, body: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+class PacedHandler(JsonHandler):
+    """What the chat and Messages handlers share: the stream's pace, noticing the client leave."""
 
     def initialize(self, words_per_second: float) -> None:
         self.interval = 1.0 / words_per_second if words_per_second > 0 else 0.0
@@ -126,19 +235,28 @@ class ChatHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         self.gone.set()
 
-    def send_json(self, status: int, body: dict[str, Any]) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
+    def start_stream(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+
+    async def client_left(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if the client closed the connection meanwhile."""
+        try:
+            await asyncio.wait_for(self.gone.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class ChatHandler(PacedHandler):
+    """``POST /v1/chat/completions``: JSON or SSE."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.send_json(status_code, error_body(self._reason, status_code))
 
     async def post(self) -> None:
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError:
-            body = None
+        body = self.json_body()
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             self.send_json(400, error_body("The body must be a JSON object with a 'messages' array", 400))
             return
@@ -172,9 +290,7 @@ class ChatHandler(tornado.web.RequestHandler):
 
     async def stream(self, base: dict[str, Any], text: str, tool: str | None, counts: dict[str, int] | None) -> None:
         """SSE: the role, then one word per event at the configured pace, a final chunk, ``[DONE]``."""
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+        self.start_stream()
         if tool:
             call = {"index": 0, "id": "call_demo_1", "type": "function",
                     "function": {"name": tool, "arguments": tool_arguments(tool)}}
@@ -202,13 +318,102 @@ class ChatHandler(tornado.web.RequestHandler):
         self.write(f"data: {json.dumps(data)}\n\n")
         await self.flush()
 
-    async def client_left(self, seconds: float) -> bool:
-        """Wait ``seconds``; True if the client closed the connection meanwhile."""
-        try:
-            await asyncio.wait_for(self.gone.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+
+class MessagesHandler(PacedHandler):
+    """``POST /v1/messages``: Anthropic's Messages API, JSON or SSE."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.send_json(status_code, anthropic_error(self._reason, status_code))
+
+    async def post(self) -> None:
+        body = self.json_body()
+        problem = messages_problem(body)
+        if problem:
+            self.send_json(400, anthropic_error(problem, 400))
+            return
+        number = next(_ids)
+        said = conversation(body)
+        tool = messages_tool(body.get("tools"), body.get("tool_choice"))
+        text = "" if tool else reply_text(said)
+        counts = usage(said, text)
+        message: dict[str, Any] = {
+            "id": f"msg_demo_{number}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model") or MODEL_ID,
+            "content": [],
+            "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": counts["prompt_tokens"],
+                "output_tokens": counts["completion_tokens"],
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
+        tool_id = f"toolu_demo_{number}"
+        if body.get("stream") is True:
+            try:
+                await self.stream(message, text, tool, tool_id)
+            except tornado.iostream.StreamClosedError:
+                pass
+            return
+        if tool:
+            message["content"] = [{"type": "tool_use", "id": tool_id, "name": tool, "input": json.loads(tool_arguments(tool))}]
+        else:
+            message["content"] = [{"type": "text", "text": text}]
+        self.send_json(200, message)
+
+    async def stream(self, message: dict[str, Any], text: str, tool: str | None, tool_id: str) -> None:
+        """Anthropic's SSE: ``message_start``, one content block (a word per ``text_delta``, at the configured
+        pace, or the tool's arguments in ``input_json_delta`` fragments), ``message_delta``, ``message_stop``."""
+        self.start_stream()
+        output = message["usage"]["output_tokens"]
+        start = {
+            **message,
+            "stop_reason": None,
+            "usage": {**message["usage"], "output_tokens": min(output, 1)},
+        }
+        await self.event("message_start", {"type": "message_start", "message": start})
+        if tool:
+            block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
+        else:
+            block = {"type": "text", "text": ""}
+        await self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+        await self.event("ping", {"type": "ping"})
+        if tool:
+            for fragment in words(tool_arguments(tool)):
+                delta = {"type": "input_json_delta", "partial_json": fragment}
+                await self.event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        else:
+            for piece in words(text):
+                if self.interval and await self.client_left(self.interval):
+                    return
+                delta = {"type": "text_delta", "text": piece}
+                await self.event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        await self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        await self.event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output}})
+        await self.event("message_stop", {"type": "message_stop"})
+        self.finish()
+
+    async def event(self, name: str, data: dict[str, Any]) -> None:
+        self.write(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        await self.flush()
+
+
+class CountTokensHandler(JsonHandler):
+    """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, N the words of ``system`` and the messages."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.send_json(status_code, anthropic_error(self._reason, status_code))
+
+    def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self.send_json(400, anthropic_error("The body must be a JSON object with a 'messages' array", 400))
+            return
+        self.send_json(200, {"input_tokens": usage(conversation(body), "")["prompt_tokens"]})
 
 
 class ModelsHandler(tornado.web.RequestHandler):
@@ -233,6 +438,8 @@ def make_app(words_per_second: float) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/(?:v1/)?chat/completions", ChatHandler, {"words_per_second": words_per_second}),
+            (r"/(?:v1/)?messages", MessagesHandler, {"words_per_second": words_per_second}),
+            (r"/(?:v1/)?messages/count_tokens", CountTokensHandler),
             (r"/(?:v1/)?models", ModelsHandler),
         ],
         default_handler_class=NotFoundHandler,
@@ -256,7 +463,7 @@ async def serve(host: str, port: int, words_per_second: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="OpenAI-compatible demo upstream with canned, paced answers")
+    parser = argparse.ArgumentParser(description="OpenAI- and Anthropic-compatible demo upstream with canned, paced answers")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--words-per-second", type=float, default=DEFAULT_WORDS_PER_SECOND,
