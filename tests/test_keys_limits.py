@@ -343,8 +343,10 @@ def test_the_node_exits_2_on_a_bad_limits_file(spawn_node, tmp_path):
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "rest"),
-    [(429, "30", 30.0), (429, "1000", 300.0), (429, "0", 1.0), (429, None, 45.0),
-     (429, "Wed, 21 Oct 2026 07:28:00 GMT", 45.0), (401, "30", 45.0)],
+    [(429, "30", 30.0), (429, "1000", 300.0), (429, "0", 1.0), (429, None, 45.0), (429, "soon", 45.0),
+     (429, "Thu, 03 Dec 2026 00:02:00 GMT", 120.0),  # an HTTP date: the seconds until it
+     (429, "Thu, 03 Dec 2026 00:00:00 GMT", 1.0),  # one already past: the shortest rest
+     (401, "30", 45.0)],
 )
 def test_a_pooled_key_rests_for_retry_after_capped_at_five_minutes_else_key_cooldown(status, retry_after, rest):
     from utils.upstream.failures import UpstreamStatus
@@ -353,4 +355,4 @@ def test_a_pooled_key_rests_for_retry_after_capped_at_five_minutes_else_key_cool
     settings = dataclasses.replace(config.Settings(), key_cooldown=45.0)
     failure = UpstreamStatus("openai", status, b"", retry_after)
     assert Policy.cools_key(failure)
-    assert Policy(settings).key_rest(failure) == rest
+    assert Policy(settings).key_rest(failure, now=MIDNIGHT) == rest

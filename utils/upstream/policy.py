@@ -19,6 +19,10 @@ module says what the node does about it. The attempt engine
   to the next key: no retry, no circuit failure, no fallback;
 * :func:`retrying`: the router client's registration calls, retried on
   :func:`router_retryable` answers with the same doubling back-off.
+
+:meth:`Policy.backoff` and :meth:`Policy.key_rest` read ``Retry-After`` with
+:func:`~utils.upstream.failures.retry_after_seconds` (seconds or an HTTP-date;
+anything else is ignored), so no delay they give is ever NaN or infinite.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from config import Settings
-from utils.upstream.failures import ConnectFailed, ConnectionLost, Forbidden, QueueTimeout, UpstreamFailure, UpstreamStatus
+from utils.upstream.failures import (
+    ConnectFailed,
+    ConnectionLost,
+    Forbidden,
+    QueueTimeout,
+    UpstreamFailure,
+    UpstreamStatus,
+    retry_after_seconds,
+)
 
 RETRY_STATUSES = frozenset((429, 502, 503, 504))  # an upstream answer worth another attempt at the same provider
 FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))  # 4xx another provider could avoid (and every 5xx)
@@ -86,24 +98,30 @@ class Policy:
         """Whether ``failure`` rests the key that got it (asked only of a pool of two or more keys)."""
         return isinstance(failure, UpstreamStatus) and failure.status in KEY_REST_STATUSES
 
-    def key_rest(self, failure: UpstreamStatus) -> float:
-        """Seconds a key rests after ``failure``: a 429's ``Retry-After`` (at most 5 minutes), else KEY_COOLDOWN."""
-        if failure.status == 429 and failure.retry_after:
-            try:
-                seconds = float(failure.retry_after)
-            except ValueError:
-                return self.key_cooldown
-            if seconds == seconds and seconds >= 0:
+    def key_rest(self, failure: UpstreamStatus, now: float | None = None) -> float:
+        """Seconds a key rests after ``failure``: a 429's ``Retry-After``, kept within [MIN_KEY_REST, MAX_KEY_REST].
+
+        An HTTP-date counts as the seconds from ``now`` (the wall clock by
+        default) to it. A 401, or a 429 without a ``Retry-After`` the node can
+        read: KEY_COOLDOWN.
+        """
+        if failure.status == 429:
+            seconds = retry_after_seconds(failure.retry_after, now)
+            if seconds is not None:
                 return min(max(seconds, MIN_KEY_REST), MAX_KEY_REST)
         return self.key_cooldown
 
-    def backoff(self, tried: int, retry_after: str | None = None) -> float:
-        """Seconds before retry number ``tried`` (1, 2, ...): an upstream ``Retry-After`` wins, up to the cap."""
-        if retry_after:
-            try:
-                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
-            except ValueError:
-                pass
+    def backoff(self, tried: int, retry_after: str | None = None, now: float | None = None) -> float:
+        """Seconds before retry number ``tried`` (1, 2, ...): an upstream ``Retry-After`` wins, up to the cap.
+
+        ``retry_after`` is the header as the upstream sent it (seconds or an
+        HTTP-date, as of ``now``, the wall clock by default); one that is
+        neither is ignored and the ordinary doubling back-off, with jitter,
+        applies.
+        """
+        seconds = retry_after_seconds(retry_after, now)
+        if seconds is not None:
+            return min(seconds, MAX_RETRY_AFTER)
         return doubling(self.backoff_base, tried) * (0.5 + random.random() / 2)
 
 
