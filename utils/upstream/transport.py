@@ -704,29 +704,41 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         self._finish_pending_requests()
 
 
-# libcurl errors of a connection that could not be made.
-CONNECT_ERRORS = frozenset((pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_SSL_CONNECT_ERROR))
-# ... and of one that broke before a whole answer arrived (a reset keep-alive connection, say).
-LOST_ERRORS = frozenset((pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE))
-TLS_ERRORS = frozenset((pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE, pycurl.E_SSL_ISSUER_ERROR))
+# libcurl's errors (errno), to the failure each one is; any other is a TransportError with libcurl's message.
+CURL_FAILURES: dict[int, type[UpstreamFailure]] = {
+    # no answer within the timeouts
+    pycurl.E_OPERATION_TIMEDOUT: TimedOut,
+    # the upstream's certificate failed verification (E_SSL_CACERT is the same number as E_PEER_FAILED_VERIFICATION)
+    pycurl.E_PEER_FAILED_VERIFICATION: TlsFailed,
+    pycurl.E_SSL_CACERT_BADFILE: TlsFailed,
+    pycurl.E_SSL_ISSUER_ERROR: TlsFailed,
+    # no connection could be made
+    pycurl.E_COULDNT_RESOLVE_HOST: ConnectFailed,
+    pycurl.E_COULDNT_CONNECT: ConnectFailed,
+    pycurl.E_SSL_CONNECT_ERROR: ConnectFailed,
+    # the connection broke before a whole answer arrived (a reset keep-alive connection, say)
+    pycurl.E_GOT_NOTHING: ConnectionLost,
+    pycurl.E_SEND_ERROR: ConnectionLost,
+    pycurl.E_RECV_ERROR: ConnectionLost,
+    pycurl.E_PARTIAL_FILE: ConnectionLost,
+}
 
 
 def failure_of(response: Reply, transfer: Transfer, provider: str) -> UpstreamFailure:
-    """What an attempt that got no HTTP answer (Tornado's code 599) failed of."""
+    """What an attempt that got no HTTP answer (Tornado's code 599) failed of.
+
+    The address guard's refusal and a call dropped while it waited for a slot
+    come first; then libcurl's errno, through :data:`CURL_FAILURES`.
+    """
     err = response.error
-    errno = getattr(err, "errno", None)
     if transfer.guard is not None and transfer.guard.refused:
         return Forbidden(provider)
     if isinstance(err, TransferRefused) or transfer.aborted:
         return QueueTimeout(provider)  # dropped while it waited for a slot
-    if errno == pycurl.E_OPERATION_TIMEDOUT:
-        return TimedOut(provider)
-    if errno in TLS_ERRORS:
-        return TlsFailed(provider)
-    if errno in CONNECT_ERRORS:
-        return ConnectFailed(provider)
-    if errno in LOST_ERRORS:
-        return ConnectionLost(provider)
+    errno = getattr(err, "errno", None)
+    kind = CURL_FAILURES.get(errno) if isinstance(errno, int) else None
+    if kind is not None:
+        return kind(provider)
     return TransportError(provider, str(err) if err is not None else "")
 
 
