@@ -26,6 +26,7 @@ from tests.conftest import NODE_VARIABLES, SECRETS
 from tests.fake_router import ADMIN_TOKEN, FakeRouter
 from tests.mock_upstream import Behavior, MockUpstream
 from utils.netinfo import detect_local_ip
+from utils.redact import Redactor
 from utils.router_client import RouterClient, first_token
 from utils.upstream.transport import Transport
 
@@ -279,10 +280,11 @@ def router_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "mira.router"]
 
 
-def make_client(router: FakeRouter, **settings: Any) -> RouterClient:
+def make_client(router: FakeRouter, summary_interval: float | None = None, **settings: Any) -> RouterClient:
     values = {"router_base_url": router.base_url, "machine_api_token": MACHINE_TOKEN, "liveness_interval": 0.2}
     values.update(settings)
-    return RouterClient(Settings(**values), Transport(10), IP)
+    extra = {} if summary_interval is None else {"summary_interval": summary_interval}
+    return RouterClient(Settings(**values), Transport(10), IP, Redactor(), **extra)
 
 
 @pytest.mark.gen_test
@@ -302,10 +304,13 @@ async def test_failed_heartbeats_are_logged_rate_limited(router: FakeRouter, cap
         router.add_machine(IP, "given", [MACHINE_TOKEN])
         assert await client.beat()
         assert "recovered after 5 failed" in router_logs(caplog)[-1].getMessage()
+    finally:
+        client.transport.close()
 
-        caplog.clear()
-        client.summary_interval = 0  # now every failure after the first is a summary line
-        router.always_fail = True
+    caplog.clear()
+    client = make_client(router, summary_interval=0)  # every failure after the first is a summary line
+    router.always_fail = True
+    try:
         for _ in range(3):
             await client.beat()
         messages = [r.getMessage() for r in router_logs(caplog)]
@@ -316,11 +321,28 @@ async def test_failed_heartbeats_are_logged_rate_limited(router: FakeRouter, cap
 
 
 @pytest.mark.gen_test
+async def test_a_router_that_cannot_be_reached_counts_as_connection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mira.router")
+    settings = Settings(router_base_url=f"http://127.0.0.1:{closed_port()}", machine_api_token=MACHINE_TOKEN,
+                        liveness_interval=0.2)
+    client = RouterClient(settings, Transport(10), IP, Redactor())
+    before = failures("connection")
+    try:
+        assert not await client.beat()
+        assert failures("connection") - before == 1
+        message = router_logs(caplog)[0].getMessage()
+        assert "Could not connect to router API" in message  # the failure class's words, as for a provider
+        assert MACHINE_TOKEN not in message
+    finally:
+        client.transport.close()
+
+
+@pytest.mark.gen_test
 async def test_heartbeats_never_overlap_and_stop_at_once(router: FakeRouter) -> None:
     router.add_machine(IP, "given", [MACHINE_TOKEN])
     router.hang = True
     client = make_client(router, liveness_interval=0.3)
-    before = failures()
+    before, timeouts = failures(), failures("timeout")
     try:
         client.start_heartbeat()
         assert await router.await_for(lambda r: len(r.beats()) >= 3)
@@ -330,6 +352,7 @@ async def test_heartbeats_never_overlap_and_stop_at_once(router: FakeRouter) -> 
         for earlier, later in pairwise(beats):
             assert earlier.closed_at is not None and earlier.closed_at <= later.received_at
         assert failures() - before >= 2
+        assert failures("timeout") - timeouts >= 2  # each hung beat ran out of its time
         assert not client.beating
     finally:
         client.transport.close()

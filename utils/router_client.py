@@ -10,7 +10,10 @@ The mode is decided once, from the settings (see :func:`router_mode`):
 
 Every call goes through the process's one :class:`~utils.upstream.transport.Transport`,
 like every provider call, and registration calls are retried as
-:mod:`utils.upstream.policy` says. Only ``server.py`` holds a
+:mod:`utils.upstream.policy` says. A call that gets no HTTP answer is
+classified as a provider call's is (:func:`~utils.upstream.transport.failure_of`),
+and its failure class gives the message logged and the ``reason`` counted
+(``timeout`` or ``connection``). Only ``server.py`` holds a
 :class:`RouterClient`; handlers never see it. No token is ever logged (at most
 its last four characters, through :func:`utils.redact.tail`).
 """
@@ -31,10 +34,11 @@ import ujson
 
 from config import Settings
 from utils import metrics
-from utils.redact import PROCESS_REDACTOR, Redactor, tail
+from utils.redact import Redactor, tail
+from utils.upstream.failures import QueueTimeout, TimedOut, UpstreamFailure, api_error
 from utils.upstream.policy import REGISTER_ATTEMPTS, retrying, router_retryable
 from utils.upstream.transport import Reply as TransportReply
-from utils.upstream.transport import Transfer, Transport, UpstreamCall, header_lines
+from utils.upstream.transport import Transfer, Transport, UpstreamCall, failure_of, header_lines
 
 log = logging.getLogger("mira.router")
 
@@ -44,7 +48,8 @@ MAX_BEAT_TIMEOUT = 10.0  # a heartbeat gets half the interval, at most this
 FAILURE_SUMMARY_INTERVAL = 60.0  # seconds between "still failing" lines
 REREGISTER_INTERVAL = 60.0  # at most one registration again per this many seconds (heartbeat 401 or 404)
 REFUSAL_LOG_INTERVAL = 60.0  # at most one "the router refused the heartbeat" error per this many seconds
-_CURL_TIMED_OUT = 28  # libcurl's CURLE_OPERATION_TIMEDOUT
+ROUTER = "router"  # the "provider" of a router call's failures: "Could not connect to router API", ...
+TIMEOUTS = (TimedOut, QueueTimeout)  # failures counted as reason "timeout"; any other is "connection"
 NAME_ALPHABET = string.ascii_lowercase + string.digits
 MAX_DETAIL = 200  # characters of a router error body shown in a message
 
@@ -125,12 +130,22 @@ def default_machine_name() -> str:
 
 @dataclass(frozen=True)
 class RouterAnswer:
-    """What one router call came back with: an HTTP status, or 599 and a transport error."""
+    """What one router call came back with: an HTTP status, or 599 and the failure (the transport's classes).
+
+    ``error`` is the failure as logged: the node's message for its class
+    (:func:`~utils.upstream.failures.api_error`), with libcurl's words when
+    they add to it, masked.
+    """
 
     status: int
     body: bytes = b""
+    failure: UpstreamFailure | None = None
     error: str = ""
-    timed_out: bool = False
+
+    @property
+    def timed_out(self) -> bool:
+        """No answer within the time (libcurl's timeout, or no connection slot in time)."""
+        return isinstance(self.failure, TIMEOUTS)
 
     @property
     def ok(self) -> bool:
@@ -162,8 +177,12 @@ class RouterAnswer:
 class RouterClient:
     """Talks to the Mira router for one node: :meth:`register`, then heartbeats.
 
-    ``transport`` is the process's one transport (``ctx.upstream.transport``)
-    and ``machine_ip`` the address the router knows this node by.
+    ``transport`` is the process's one transport (``ctx.upstream.transport``),
+    ``machine_ip`` the address the router knows this node by, and
+    ``redactor`` the process's one (``ctx.redactor``): the tokens this client
+    holds or learns are added to it, so the log filter masks them too.
+    ``summary_interval``: seconds between "still failing" lines after a
+    heartbeat's first failure.
     """
 
     def __init__(
@@ -171,8 +190,9 @@ class RouterClient:
         settings: Settings,
         transport: Transport,
         machine_ip: str,
-        redactor: Redactor | None = None,
+        redactor: Redactor,
         status: RouterStatus | None = None,
+        summary_interval: float = FAILURE_SUMMARY_INTERVAL,
     ) -> None:
         self.base_url = settings.router_base_url.rstrip("/")
         self.transport = transport
@@ -180,13 +200,13 @@ class RouterClient:
         self.interval = settings.liveness_interval
         self.beat_timeout = min(self.interval / 2, MAX_BEAT_TIMEOUT)
         self.retry_backoff = settings.router_retry_backoff
-        self.summary_interval = FAILURE_SUMMARY_INTERVAL
+        self.summary_interval = summary_interval  # seconds between "still failing" lines after the first failure
         self.name = settings.machine_name
         self.status = status or RouterStatus(routed=True, name=self.name)
         self.traffic_weight = settings.traffic_weight
         self.router_models = list(settings.router_models)
         self.version = settings.version
-        self.redact = redactor or PROCESS_REDACTOR
+        self.redact = redactor  # the process's one: tokens learnt here are masked in every log line too
         self._admin_token = settings.admin_api_token
         self._machine_token = settings.machine_api_token
         self._task: asyncio.Task[None] | None = None
@@ -239,7 +259,7 @@ class RouterClient:
             await asyncio.wait((future,), timeout=timeout)
             if not future.done() and not transfer.started:
                 transfer.abort()  # refused when its turn comes
-                return RouterAnswer(599, error="no free connection slot in time", timed_out=True)
+                return self._failed(QueueTimeout(ROUTER))
             if not future.done():  # running: libcurl's own timeouts end it
                 await asyncio.wait((future,))
             reply = future.result()
@@ -248,11 +268,18 @@ class RouterClient:
             raise
         finally:
             transfer.finish()
-        if reply.code == 599:  # a libcurl error: refused, reset, timed out
-            error = reply.error
-            message = getattr(error, "message", None) or str(error) or error.__class__.__name__
-            return RouterAnswer(599, error=self.redact(message), timed_out=getattr(error, "errno", None) == _CURL_TIMED_OUT)
+        if reply.code == 599:  # no answer: refused, reset, timed out (classified as for a provider call)
+            return self._failed(failure_of(reply, transfer, ROUTER), reply.error)
         return RouterAnswer(reply.code, reply.body)
+
+    def _failed(self, failure: UpstreamFailure, error: Exception | None = None) -> RouterAnswer:
+        """The answer of a call that got no HTTP answer: its failure, and the message logged for it."""
+        message = api_error(failure, self.redact).message
+        said = getattr(error, "message", None) or (str(error) if error is not None else "")
+        said = self.redact.cut(said, MAX_DETAIL) if isinstance(said, str) else ""
+        if said and said not in message:
+            message = f"{message} ({said})"  # libcurl's words: which host, refused or unresolved
+        return RouterAnswer(599, failure=failure, error=message)
 
     # -- registration ---------------------------------------------------------------------
 
