@@ -22,7 +22,7 @@ from typing import Any
 import ujson
 
 from utils import metrics
-from utils.redact import PROCESS_REDACTOR, STANDARD_RECORD_FIELDS, RedactingFilter, Redactor, escape_control
+from utils.redact import STANDARD_RECORD_FIELDS, RedactingFilter, Redactor, escape_control
 
 access_log = logging.getLogger("mira.access")
 
@@ -123,6 +123,10 @@ class AccessWriter:
 
 
 _access_writer: AccessWriter | None = None
+# What masks the outside text of access lines (a path, a custom provider's name): the redactor setup_logging
+# was given. Until it is called (an app built by a test), one that knows no secret: nothing is masked, as no
+# log filter masks anything then either.
+_access_redactor = Redactor()
 
 
 def _after_fork() -> None:
@@ -142,8 +146,12 @@ atexit.register(_at_exit)
 
 
 def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
-    """Send every log line (ours, Tornado's, warnings) to stderr in the chosen format."""
-    global _access_writer
+    """Send every log line (ours, Tornado's, warnings) to stderr in the chosen format.
+
+    ``redactor`` (the process's one) masks every line: its log filter, and
+    the outside text of access lines (:func:`log_request`).
+    """
+    global _access_writer, _access_redactor
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -155,6 +163,7 @@ def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    _access_redactor = redactor
     if _access_writer is not None:
         _access_writer.flush()
     _access_writer = AccessWriter(handler, fmt == "json")
@@ -176,11 +185,12 @@ def log_request(handler: Any) -> None:
         return
     request = handler.request
     path = request.path
+    redact = _access_redactor
     if route in ("not_found", "other"):  # a served route's path is the route itself; any other is outside text
-        path = escape_control(PROCESS_REDACTOR(path))
+        path = escape_control(redact(path))
     provider = getattr(handler, "provider", "")
     if provider and not provider.isalnum():  # a configured name or "custom" as is; a custom provider's name is the caller's
-        provider = escape_control(PROCESS_REDACTOR(provider))
+        provider = escape_control(redact(provider))
     fields = {
         "request_id": getattr(handler, "request_id", ""),  # vetted by the base handler
         "client": request.remote_ip,  # the peer, or the client behind a trusted proxy (utils.gate)

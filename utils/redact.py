@@ -103,8 +103,9 @@ class Redactor:
     """Masks every known secret, and every part of one of eight characters or more, in a text.
 
     One instance per process (:data:`PROCESS_REDACTOR`) is shared by the log
-    filter, the upstream client and the router client, so a token learnt at
-    registration is masked everywhere from then on.
+    filter, the access lines, the upstream client and the router client, each
+    given it when made, so a token learnt at registration is masked
+    everywhere from then on.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -151,7 +152,12 @@ class Redactor:
 
 
 PROCESS_REDACTOR = Redactor()
-"""The process's one redactor: settings add their secrets at start, the router its token."""
+"""The process's one redactor: settings add their secrets at start, the router its token.
+
+Only the places that make the process's parts name it (``server.main`` for
+:func:`utils.logs.setup_logging`, :class:`utils.context.NodeContext` for the
+rest); everything else is handed the redactor it uses.
+"""
 
 
 class RedactingFilter(logging.Filter):
