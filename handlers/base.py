@@ -292,7 +292,7 @@ class ApiHandler(BaseHandler):
         self.provider = ",".join(sorted({ref.provider for ref in models}))
         custom = models[0].custom
         if custom is not None:
-            await check_custom_provider(custom, self.ctx.settings.custom_provider_allow_private)
+            await check_custom_provider(custom, self.ctx.settings.custom_provider_allow_private, self.ctx.resolve)
 
     def forbid_client(self) -> None:
         """403 ``client_forbidden`` before the body is read, and the connection closed after it.

@@ -34,7 +34,7 @@ class ProxyHandler(ApiHandler):
         request = parse_proxy_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
         plan = ctx.routing.plan(request)
         if request.custom is not None:
-            await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private)
+            await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private, ctx.resolve)
         self.provider = plan.primary.target.label
         if not request.stream:
             response, attempt = await ctx.upstream.complete_plan(plan, self.cancel)

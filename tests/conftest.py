@@ -90,11 +90,17 @@ def settings(node_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def app(settings: Any, io_loop: Any) -> Iterator[Any]:
+def node_options() -> dict[str, Any]:
+    """Keyword arguments of the in-process node's NodeContext (a module overrides it for a test clock, say)."""
+    return {}
+
+
+@pytest.fixture
+def app(settings: Any, io_loop: Any, node_options: dict[str, Any]) -> Iterator[Any]:
     from server import make_app
     from utils.context import NodeContext
 
-    ctx = NodeContext(settings)
+    ctx = NodeContext(settings, **node_options)
     io_loop.run_sync(ctx.start)
     yield make_app(ctx)
     io_loop.run_sync(ctx.aclose)

@@ -147,10 +147,14 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr("utils.upstream.routing.monotonic", clock)
-    return clock
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def node_options(clock):
+    """The in-process node's circuits run on the test's clock."""
+    return {"clock": clock}
 
 
 async def metric(node_url: str, line_start: str) -> str:

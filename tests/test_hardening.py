@@ -442,16 +442,24 @@ async def test_query_fragment_and_user_info_are_always_refused(node_url, upstrea
     assert upstream.requests == []
 
 
-async def test_dns_rebinding_is_caught_where_the_connection_is_made(node_url, upstream, monkeypatch):
+_early_lookups: list[str] = []
+
+
+async def _public(host: str) -> list[str]:
+    """A rebinding DNS server's first answer: a public address."""
+    _early_lookups.append(host)
+    return ["93.184.216.34"]
+
+
+@pytest.mark.parametrize("node_options", [{"resolve": _public}])
+async def test_dns_rebinding_is_caught_where_the_connection_is_made(node_url, upstream, node_options):
     # The early look-up sees a public address; libcurl's own look-up of the same name then gives
     # loopback, as a rebinding DNS server would answer the second time.
-    async def public(host: str) -> list[str]:
-        return ["93.184.216.34"]
-
-    monkeypatch.setattr("utils.upstream.guard.resolve", public)
+    _early_lookups.clear()
     response = await post(node_url + CHAT, chat_body("m", model_provider={"base_url": f"http://localhost:{upstream.port}/v1"}))
     assert response.code == 400
     assert error_of(response)["code"] == "custom_provider_forbidden"
+    assert _early_lookups == ["localhost"]  # the early check let it through: the connection's own check refused it
     assert upstream.requests == []
 
 

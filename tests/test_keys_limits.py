@@ -1,8 +1,8 @@
 """Provider keys, limits and budgets, through real HTTP: key pools, rpm/tpm windows, the daily budget.
 
 The mock upstream answers by the bearer key it receives (``set_key_behavior``),
-so a test can make one key of a pool fail. The ledger's wall clock is replaced
-by a :class:`Clock` the test moves, so windows and cooldowns pass without waiting.
+so a test can make one key of a pool fail. The ledger runs on a wall clock the
+test moves (a :class:`Clock`), so windows and cooldowns pass without waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -45,11 +46,14 @@ class Clock:
 
 
 @pytest.fixture
-def clock(ctx) -> Clock:
-    """The in-process node's ledger on a test clock (ask for it after ``node_url``)."""
-    fake = Clock(MIDNIGHT - 3600.0)
-    ctx.ledger.clock = fake
-    return fake
+def clock() -> Clock:
+    return Clock(MIDNIGHT - 3600.0)
+
+
+@pytest.fixture
+def node_options(clock: Clock) -> dict[str, Any]:
+    """The in-process node's ledger runs on the test's wall clock."""
+    return {"wall_clock": clock}
 
 
 @pytest.fixture

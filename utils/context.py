@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ujson
@@ -16,6 +17,7 @@ from utils.netinfo import detect_local_ip
 from utils.redact import PROCESS_REDACTOR
 from utils.router_client import RouterStatus
 from utils.upstream import SHUTDOWN, Cancel, ProviderRegistry, UpstreamClient
+from utils.upstream.guard import Resolver, resolve_host
 from utils.upstream.ledger import Ledger, LocalLedger
 from utils.upstream.providers import Attempt
 from utils.upstream.routing import Circuit, Routing
@@ -34,11 +36,23 @@ def shared_state(settings: Settings, local: LocalLedger, circuits: Mapping[str, 
 class NodeContext:
     """Settings, the upstream client and the counters of one process.
 
-    Build it inside the running IOLoop (the curl client binds to it).
+    Build it inside the running IOLoop (the curl client binds to it). ``clock``
+    (monotonic: circuits), ``wall_clock`` (limits and key cooling) and
+    ``resolve`` (the early look-up of a custom provider's host) are the
+    system's unless a caller, a test, gives its own.
     """
 
-    def __init__(self, settings: Settings, router_status: RouterStatus | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router_status: RouterStatus | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        resolve: Resolver = resolve_host,
+    ) -> None:
         self.settings = settings
+        self.resolve = resolve
         # The router state and machine name (shared by the workers: made before they fork).
         self.router_status = router_status or RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
         self.redactor = PROCESS_REDACTOR  # one per process: the log filter masks what this one knows
@@ -46,7 +60,7 @@ class NodeContext:
             self.redactor.add(secret)
         self.gate = ClientGate(settings)
         self.registry = ProviderRegistry(settings)
-        self.routing = Routing(settings, self.registry)
+        self.routing = Routing(settings, self.registry, clock)
         self.models = list(settings.supported_models)  # SUPPORTED_MODELS_FILE, read and checked by config
         self._listed = frozenset(self.models)
         self.models_body = ujson.dumps(
@@ -55,7 +69,7 @@ class NodeContext:
         ).encode()
         self.machine_ip = settings.machine_ip or detect_local_ip()
         # key pools, limits and budgets: per process, or with REDIS_URL shared (circuits too)
-        self.ledger: Ledger = LocalLedger(self.registry.pools, settings.provider_limits)
+        self.ledger: Ledger = LocalLedger(self.registry.pools, settings.provider_limits, wall_clock)
         self.shared: Any = None
         if settings.redis_url:
             self.shared = self.ledger = shared_state(settings, self.ledger, self.routing.circuits)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pycurl
@@ -44,10 +45,20 @@ def address_forbidden(address: str) -> bool:
     return ip.is_multicast or not ip.is_global
 
 
-async def check_custom_provider(custom: CustomProvider | None, allow_private: bool) -> None:
+async def resolve_host(host: str) -> list[str]:
+    """The addresses ``host`` resolves to now (the system resolver, off the event loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+Resolver = Callable[[str], Awaitable[list[str]]]  # a host name -> the addresses it resolves to now
+
+
+async def check_custom_provider(custom: CustomProvider | None, allow_private: bool, resolve: Resolver = resolve_host) -> None:
     """400 ``custom_provider_forbidden`` when ``custom``'s host is (or resolves to) a forbidden address.
 
-    A name that does not resolve here is let through: the call then fails as
+    ``resolve`` makes the early look-up (the system resolver by default). A
+    name that does not resolve here is let through: the call then fails as
     unreachable, and the connect-time check applies all the same.
     """
     if custom is None or allow_private:
@@ -67,15 +78,6 @@ async def check_custom_provider(custom: CustomProvider | None, allow_private: bo
         return
     if any(address_forbidden(address) for address in addresses):
         raise forbidden(FORBIDDEN_MESSAGE)
-
-
-async def _resolve(host: str) -> list[str]:
-    """The addresses ``host`` resolves to now (the system resolver, off the event loop)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-resolve = _resolve  # the early look-up; a test stands in a rebinding DNS server here
 
 
 class AddressGuard:

@@ -17,8 +17,9 @@ and no limits never reach the ledger: the engine checks ``Target.gated``.
 
 Windows are kept in one-second steps: ``rpm`` counts the calls started in the
 last 60 seconds, ``tpm`` the tokens reported in them; ``tokens_per_day`` counts
-from 00:00 UTC. Times are the wall clock (:attr:`LocalLedger.clock`, which
-tests replace), so that nodes sharing the state agree on them.
+from 00:00 UTC. Times are the wall clock (the ``clock`` a :class:`LocalLedger`
+is made with, :func:`time.time` by default; a shared ledger reads the same
+one), so that nodes sharing the state agree on them.
 """
 
 from __future__ import annotations

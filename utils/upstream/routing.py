@@ -38,9 +38,12 @@ class Circuit:
     :meth:`close` apply another process's, without calling it back.
     """
 
-    __slots__ = ("name", "threshold", "cooldown", "failures", "opened_at", "opened_wall", "probe_until", "on_change")
+    __slots__ = (
+        "name", "threshold", "cooldown", "failures", "opened_at", "opened_wall", "probe_until", "on_change", "clock"
+    )
 
-    def __init__(self, name: str, threshold: int, cooldown: float) -> None:
+    def __init__(self, name: str, threshold: int, cooldown: float, clock: Callable[[], float] = monotonic) -> None:
+        self.clock = clock  # the monotonic clock cooldowns are measured on
         self.name = name
         self.threshold = threshold
         self.cooldown = cooldown
@@ -59,7 +62,7 @@ class Circuit:
         """Whether a request may try this provider now (a probe, once the cooldown is over)."""
         if self.opened_at is None:
             return True
-        now = monotonic()
+        now = self.clock()
         if now - self.opened_at < self.cooldown or now < self.probe_until:
             return False
         self.probe_until = now + self.cooldown  # this request is the probe (a lost probe frees the slot later)
@@ -69,7 +72,7 @@ class Circuit:
         """Whole seconds until a probe may go through."""
         if self.opened_at is None:
             return 0
-        left = max(self.opened_at + self.cooldown, self.probe_until) - monotonic()
+        left = max(self.opened_at + self.cooldown, self.probe_until) - self.clock()
         return max(1, math.ceil(left))
 
     def success(self) -> None:
@@ -89,7 +92,7 @@ class Circuit:
     def open_for(self, seconds: float) -> None:
         """Open (or open again) for ``seconds`` from now."""
         was_up = self.opened_at is None
-        self.opened_at = monotonic() - (self.cooldown - seconds)
+        self.opened_at = self.clock() - (self.cooldown - seconds)
         self.opened_wall = time()
         self.probe_until = 0.0
         if was_up:
@@ -121,13 +124,13 @@ def provider_unavailable(circuit: Circuit) -> ApiError:
 class Routing:
     """The plans of requests and the circuits of the configured providers."""
 
-    def __init__(self, settings: Settings, registry: ProviderRegistry) -> None:
+    def __init__(self, settings: Settings, registry: ProviderRegistry, clock: Callable[[], float] = monotonic) -> None:
         self.registry = registry
         self.fallbacks = settings.model_fallbacks  # MODEL_FALLBACKS_FILE, read and checked by config
         self.circuits: dict[str, Circuit] = {}
         if settings.circuit_failures > 0:
             for name in registry.names:
-                self.circuits[name] = Circuit(name, settings.circuit_failures, settings.circuit_cooldown)
+                self.circuits[name] = Circuit(name, settings.circuit_failures, settings.circuit_cooldown, clock)
 
     def circuit(self, target: Target) -> Circuit | None:
         """The circuit of a configured provider's target (None for a custom provider, or when off)."""
