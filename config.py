@@ -364,7 +364,7 @@ class Settings:
         "seconds for a whole non-streaming call, and the longest silence inside a stream",
     )
     upstream_retries: int = setting(
-        "UPSTREAM_RETRIES", 2, _int(0, 10), "retries of a connection failure or an upstream 429/502/503/504"
+        "UPSTREAM_RETRIES", 2, _int(0, 10), "retries of a connection failure or an upstream 429/502/503/504 (and Anthropic's 529)"
     )
     upstream_max_connections: int = setting(
         "UPSTREAM_MAX_CONNECTIONS", 1000, _int(1), "concurrent upstream transfers per process"

@@ -33,6 +33,7 @@ from utils.redact import Redactor
 
 MAX_ERROR_MESSAGE = 500  # characters of an upstream error message passed on (after masking)
 MAX_ERROR_FIELD = 100  # characters of an upstream error's type or code passed on
+RETRY_AFTER_STATUSES = frozenset((429, 503, 529))  # upstream answers whose Retry-After is passed back to the client
 SHUTDOWN = "node shutting down"  # the Cancel reason of requests cut by the drain
 FORBIDDEN_MESSAGE = (
     "model_provider.base_url resolves to a loopback, private, link-local or otherwise internal address,"
@@ -242,7 +243,7 @@ def _status_error(failure: UpstreamStatus, redact: Redactor) -> ApiError:
             message = data["detail"]
     if not isinstance(message, str) or not message:
         message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    seconds = retry_after_header(failure.retry_after) if status in (429, 503) else None
+    seconds = retry_after_header(failure.retry_after) if status in RETRY_AFTER_STATUSES else None
     key = failure.api_key
     return ApiError(
         status,

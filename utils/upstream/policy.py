@@ -6,7 +6,7 @@ module says what the node does about it. The attempt engine
 (:mod:`utils.router_client`) ask it, and nothing else decides:
 
 * :meth:`Policy.retryable`: another attempt at the same provider may succeed
-  (a connection failure, an upstream 429/502/503/504), up to UPSTREAM_RETRIES;
+  (a connection failure, an upstream 429/502/503/504, or Anthropic's 529), up to UPSTREAM_RETRIES;
 * :meth:`Policy.falls_back`: another provider could avoid it (anything but the
   request's own fault, 400/413/422, and the node's own refusals);
 * :meth:`Policy.counts_against_circuit`: the provider looks unhealthy
@@ -44,7 +44,8 @@ from utils.upstream.failures import (
     retry_after_seconds,
 )
 
-RETRY_STATUSES = frozenset((429, 502, 503, 504))  # an upstream answer worth another attempt at the same provider
+# An upstream answer worth another attempt at the same provider; 529 is Anthropic's "overloaded", its 503.
+RETRY_STATUSES = frozenset((429, 502, 503, 504, 529))
 FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))  # 4xx another provider could avoid (and every 5xx)
 MAX_RETRY_AFTER = 30.0  # seconds: the longest upstream Retry-After the node waits before a retry
 RETRYABLE_FAILURES = (ConnectFailed, ConnectionLost)  # no answer, where a new connection may get one
