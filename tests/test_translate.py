@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from models.errors import ApiError
+from models.usage import Usage
 from utils.translate import ChatStream, chat_completion, check_supported, messages_body
-from utils.upstream.usage import Usage
 
 MODEL = "claude-sonnet-4-5"
 
@@ -760,3 +760,10 @@ def test_chunks_before_message_start_still_have_the_chat_shape() -> None:
 def test_garbage_events_give_nothing() -> None:
     stream = ChatStream(MODEL, False)
     assert stream.feed(b'data: {not json\n\ndata: [1]\n\nevent: unknown\ndata: {"type": "mystery"}\n\n') == b""
+
+
+def test_an_error_events_message_is_masked() -> None:
+    stream = ChatStream(MODEL, False, mask=lambda text: text.replace("sk-ant-SECRET", "***"))
+    stream.feed(sse("message_start", MESSAGE_START))
+    error = {"type": "error", "error": {"type": "api_error", "message": "bad key sk-ant-SECRET"}}
+    assert chunks(stream.feed(sse("error", error)))[0]["error"]["message"] == "Error from anthropic API: bad key ***"

@@ -59,7 +59,7 @@ class NodeContext:
         for secret in settings.secrets():
             self.redactor.add(secret)
         self.gate = ClientGate(settings)
-        self.registry = ProviderRegistry(settings)
+        self.registry = ProviderRegistry(settings, self.redactor)
         self.routing = Routing(settings, self.registry, clock)
         self.models = list(settings.supported_models)  # SUPPORTED_MODELS_FILE, read and checked by config
         self._listed = frozenset(self.models)

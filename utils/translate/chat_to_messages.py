@@ -21,14 +21,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import ujson
 
 from models.errors import ApiError, bad_request
-
-if TYPE_CHECKING:
-    from utils.upstream.usage import Usage
+from models.usage import Usage
 
 PROVIDER = "anthropic"
 
@@ -380,9 +379,6 @@ def _count(usage: dict[str, Any], name: str) -> int:
 
 def _make_usage(fresh: int, output: int, read: int, write: int) -> Usage:
     """The :class:`Usage` of Anthropic's four counts (prompt tokens are all three kinds of input)."""
-    # Imported here, not at the top: utils.upstream imports this package, which must load first either way.
-    from utils.upstream.usage import Usage
-
     return Usage(fresh + read + write, output, read, write)
 
 
@@ -478,14 +474,16 @@ class ChatStream:
 
     Each chunk is ``data: {"id", "object": "chat.completion.chunk", "created", "model", "choices":
     [{"index": 0, "delta", "finish_reason"}]}``; its bytes around the delta are made once, at
-    ``message_start``, and the delta's JSON is spliced in.
+    ``message_start``, and the delta's JSON is spliced in. ``mask`` (the node's redactor) cleans the
+    message of an upstream error event before it reaches the client.
     """
 
-    __slots__ = ("model", "include_usage", "usage", "_tail", "_tokens", "_tools", "_head", "_open", "_content")
+    __slots__ = ("model", "include_usage", "mask", "usage", "_tail", "_tokens", "_tools", "_head", "_open", "_content")
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, mask: Callable[[str], str] = str) -> None:
         self.model = model
         self.include_usage = include_usage
+        self.mask = mask
         self.usage: Usage | None = None
         self._tail = b""  # the incomplete event so far
         self._tokens = [0, 0, 0, 0]  # the counts of _USAGE_FIELDS
@@ -641,7 +639,7 @@ class ChatStream:
         message, kind = error.get("message"), error.get("type")
         body = {
             "error": {
-                "message": f"Error from {PROVIDER} API: " + (message if isinstance(message, str) else "unknown error"),
+                "message": f"Error from {PROVIDER} API: " + (self.mask(message) if isinstance(message, str) else "unknown error"),
                 "type": kind if isinstance(kind, str) and kind else "upstream_error",
                 "param": None,
                 "code": None,

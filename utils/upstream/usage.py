@@ -19,10 +19,12 @@ other byte passes as it came.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from models.chat import ProxyRequest
 from models.endpoints import CHAT, COMPLETIONS
+from models.usage import Usage
+
+__all__ = ["StreamUsage", "Usage", "read_usage", "wants_injection"]
 
 _USAGE = b'"usage"'
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
@@ -32,16 +34,6 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
 MAX_TAIL = 256 * 1024  # an "event" longer than this is not SSE worth watching
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one answer. ``cache_read`` and ``cache_write`` are parts of ``prompt`` (0 when not reported)."""
-
-    prompt: int
-    completion: int
-    cache_read: int = 0
-    cache_write: int = 0
 
 
 def read_usage(data: bytes) -> Usage | None:

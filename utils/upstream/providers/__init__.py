@@ -18,6 +18,8 @@ from config import Settings
 from models.chat import ProviderNames, ProxyRequest
 from models.endpoints import CHAT, ENDPOINTS, Endpoint
 from models.errors import ApiError
+from utils.redact import Redactor
+from utils.upstream.failures import MAX_ERROR_MESSAGE
 from utils.upstream.providers.anthropic import MessagesFamily
 from utils.upstream.providers.base import AnswerReader, Attempt, Family, StreamWatcher, Target
 from utils.upstream.providers.openai import OpenAICompatible
@@ -41,10 +43,13 @@ def unsupported_endpoint(provider: str, api: str, endpoint: Endpoint) -> ApiErro
 class ProviderRegistry:
     """The configured providers, with their request headers built once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redact: Redactor) -> None:
+        def mask(text: str) -> str:
+            return redact.cut(text, MAX_ERROR_MESSAGE)
+
         self.families: dict[str, Family] = {
             "openai": OpenAICompatible(settings.stream_usage),
-            "anthropic": MessagesFamily(settings.anthropic_max_tokens),
+            "anthropic": MessagesFamily(settings.anthropic_max_tokens, mask),
         }
         # provider name -> the node's endpoint path -> target, for every endpoint the provider's family offers
         self._targets: dict[str, dict[str, Target]] = {}

@@ -10,7 +10,7 @@ answer back to chat by the translator unit (:mod:`utils.translate`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from models.chat import ProxyRequest
@@ -26,17 +26,18 @@ ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header of every call t
 class ChatFromMessages:
     """The reader of a Messages answer to a chat client: translated to chat, JSON or stream."""
 
-    __slots__ = ("model", "include_usage")
+    __slots__ = ("model", "include_usage", "mask")
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, mask: Callable[[str], str]) -> None:
         self.model = model
         self.include_usage = include_usage  # the client asked for the usage chunk (stream_options.include_usage)
+        self.mask = mask
 
     def json(self, body: bytes) -> tuple[bytes, Usage | None]:
         return chat_completion(body, self.model)
 
     def stream(self) -> ChatStream:
-        return ChatStream(self.model, self.include_usage)
+        return ChatStream(self.model, self.include_usage, self.mask)
 
 
 class MessagesFamily(Family):
@@ -44,8 +45,9 @@ class MessagesFamily(Family):
 
     api = "anthropic"
 
-    def __init__(self, max_tokens: int) -> None:
+    def __init__(self, max_tokens: int, mask: Callable[[str], str]) -> None:
         self.max_tokens = max_tokens  # ANTHROPIC_MAX_TOKENS: a chat request that sets no max_tokens gets it
+        self.mask = mask  # masks upstream text the node puts in a translated answer (a stream's error event)
 
     def path(self, endpoint: Endpoint) -> str | None:
         return "/messages" if endpoint is CHAT else None
@@ -60,4 +62,4 @@ class MessagesFamily(Family):
         body = request.body
         options = body.get("stream_options")
         include_usage = request.stream and isinstance(options, dict) and options.get("include_usage") is True
-        return json_bytes(messages_body(body, self.max_tokens)), ChatFromMessages(request.model, include_usage)
+        return json_bytes(messages_body(body, self.max_tokens)), ChatFromMessages(request.model, include_usage, self.mask)
