@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import ujson
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
-from models.chat import Fallback, ProviderNames, split_model
+from models.chat import Fallback, ProviderNames, fallback_of, split_model
 from models.errors import ApiError
 
 ROOT = Path(__file__).resolve().parent
@@ -391,6 +391,11 @@ class Settings:
         "CUSTOM_PROVIDER_ALLOW_PRIVATE", False, _bool,
         "let a per-request `model_provider.base_url` reach loopback, private, link-local and other internal addresses",
     )
+    model_aliases_file: str = setting(
+        "MODEL_ALIASES_FILE", "", _text,
+        "JSON object `{name: \"PROVIDER/MODEL\"}`: a request's model (on every route) named NAME goes to that model"
+        " ([Model aliases](#model-aliases)); checked at start-up (exit 2)",
+    )
     model_fallbacks_file: str = setting(
         "MODEL_FALLBACKS_FILE", "", _text,
         "JSON object `{model id: [fallback model ids]}`, used when a request names no `fallbacks`",
@@ -457,6 +462,7 @@ class Settings:
     provider_limits: Mapping[str, ProviderLimits] = field(default_factory=dict)  # PROVIDER_LIMITS_FILE
     supported_models: tuple[str, ...] = field(default=(), repr=False)  # SUPPORTED_MODELS_FILE's ids, without repeats
     model_fallbacks: Mapping[str, tuple[Fallback, ...]] = field(default_factory=dict, repr=False)  # MODEL_FALLBACKS_FILE
+    model_aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # MODEL_ALIASES_FILE
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and messages."""
@@ -566,9 +572,32 @@ def load_fallbacks(path: str, providers: ProviderNames) -> dict[str, tuple[Fallb
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: the value of {model!r} must be a list of model ids")
         try:
-            table[model] = tuple(Fallback(*split_model(i, providers), i) for i in ids)
+            table[model] = tuple(fallback_of(i, providers) for i in ids)
         except ApiError as exc:
             raise ConfigError(f"MODEL_FALLBACKS_FILE={path!r}: {model!r}: {exc.message}") from None
+    return table
+
+
+def load_aliases(path: str, providers: ProviderNames) -> dict[str, tuple[str, str]]:
+    """MODEL_ALIASES_FILE: ``{name: "PROVIDER/MODEL"}``, every target routable (aliases do not chain); ConfigError otherwise."""
+    if not path:
+        return {}
+    where = f"MODEL_ALIASES_FILE={path!r}"
+    data = read_json("MODEL_ALIASES_FILE", path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a JSON object of model name -> \"PROVIDER/MODEL\"")
+    table: dict[str, tuple[str, str]] = {}
+    for name, target in data.items():
+        if not name:
+            raise ConfigError(f"{where}: an alias name must not be empty")
+        if not isinstance(target, str):
+            raise ConfigError(f"{where}: the value of {name[:60]!r} must be a model id string (PROVIDER/MODEL)")
+        if target in data:
+            raise ConfigError(f"{where}: {name[:60]!r} -> {target[:60]!r} is itself an alias: aliases do not chain")
+        try:
+            table[name] = split_model(target, providers)
+        except ApiError as exc:
+            raise ConfigError(f"{where}: {name[:60]!r}: {exc.message}") from None
     return table
 
 
@@ -609,11 +638,14 @@ def load_settings(env_file: str | None = None) -> Settings:
         for name, row in PROVIDERS.items()
     }
     _check(values, providers)
-    routable = ProviderNames(providers, values["default_provider"])  # as the provider registry splits models
+    plain = ProviderNames(providers, values["default_provider"])
+    aliases = load_aliases(values["model_aliases_file"], plain)
+    routable = ProviderNames(providers, values["default_provider"], aliases)  # as the provider registry splits models
     return Settings(
         **values,
         providers=providers,
         supported_models=load_models(values["supported_models_file"]),
         model_fallbacks=load_fallbacks(values["model_fallbacks_file"], routable),
+        model_aliases=aliases,
         provider_limits=load_limits(values["provider_limits_file"], providers),
     )

@@ -24,7 +24,7 @@ from tornado.web import Application
 
 from config import PROVIDERS, ConfigError, Settings, load_settings
 from handlers import eval as evaluation
-from handlers import health, meta, proxy, verify
+from handlers import health, messages, meta, proxy, verify
 from handlers.base import NotFoundHandler
 from utils import metrics
 from utils.context import NodeContext
@@ -35,7 +35,7 @@ from utils.router_client import RouterClient, RouterError, RouterStatus, token_s
 
 log = logging.getLogger("mira.server")
 
-ROUTE_MODULES = (health, proxy, meta, verify, evaluation)
+ROUTE_MODULES = (health, proxy, messages, meta, verify, evaluation)
 CUT_GRACE = 2.0  # seconds for requests cut at the end of the drain to send their last words
 READ_CHUNK = 16 * 1024  # bytes per socket read of a client connection (Tornado's chunk_size)
 

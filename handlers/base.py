@@ -194,9 +194,13 @@ class BaseHandler(RequestHandler):
         if closing:
             # The rest of the body is not worth waiting for: answer, then close the connection.
             self.set_header("Connection", "close")
-        future = self.finish(ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False))
+        future = self.finish(self.error_body(error))
         if closing:
             future.add_done_callback(lambda _: self._close_connection())
+
+    def error_body(self, error: ApiError) -> bytes:
+        """The body of an error answer: OpenAI's shape (the Messages routes answer Anthropic's)."""
+        return ujson.dumps({"error": error.to_dict()}, escape_forward_slashes=False).encode()
 
     @classmethod
     def allowed_methods(cls) -> list[str]:
@@ -251,6 +255,8 @@ class ApiHandler(BaseHandler):
     call made under it is aborted at once.
     """
 
+    takes_x_api_key = False  # the Messages routes: the service key may come as x-api-key too
+
     def initialize(self) -> None:
         super().initialize()
         self.cancel = Cancel()
@@ -281,7 +287,8 @@ class ApiHandler(BaseHandler):
             self.forbid_client()
             return
         if gate.needs_key and request.method != "OPTIONS":
-            if not gate.key_accepted(request.headers.get("Authorization", "")):
+            api_key = request.headers.get("x-api-key", "") if self.takes_x_api_key else ""
+            if not gate.key_accepted(request.headers.get("Authorization", ""), api_key):
                 raise ApiError(401, "Invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
         if not self.accept_body and self.request.method != "OPTIONS":
             self._admit()

@@ -22,12 +22,16 @@ class HealthHandler(BaseHandler):
 
 
 class ModelsHandler(ApiHandler):
-    """The supported models, from SUPPORTED_MODELS_FILE (serialised once)."""
+    """The supported models (SUPPORTED_MODELS_FILE) and aliases (MODEL_ALIASES_FILE), serialised once.
+
+    A request with ``anthropic-version`` (an Anthropic SDK, Claude Code) gets Anthropic's list shape.
+    """
 
     route_name = "models"
 
     def get(self) -> None:
-        self.finish(self.ctx.models_body)
+        anthropic = "anthropic-version" in self.request.headers
+        self.finish(self.ctx.anthropic_models_body if anthropic else self.ctx.models_body)
 
 
 routes = [

@@ -8,7 +8,7 @@ fails after its first byte ends.
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from models.chat import parse_proxy_request
+from models.chat import ProxyRequest, parse_proxy_request
 from models.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from models.errors import ApiError
 from utils import metrics
@@ -30,8 +30,11 @@ class ProxyHandler(ApiHandler):
     async def post(self) -> None:
         if not self.body_received():
             return
+        await self.post_parsed(self.parse())
+
+    async def post_parsed(self, request: ProxyRequest) -> None:
+        """Plan, call and answer a validated request."""
         ctx = self.ctx
-        request = parse_proxy_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
         plan = ctx.routing.plan(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private, ctx.resolve)
@@ -67,6 +70,11 @@ class ProxyHandler(ApiHandler):
             return
         metrics.stream_event("completed")
         self.finish()
+
+    def parse(self) -> ProxyRequest:
+        """The validated request (a 400 raised when it is not)."""
+        ctx = self.ctx
+        return parse_proxy_request(self.body, ctx.registry.routable, ctx.settings.allow_custom_providers, self.endpoint)
 
     def end_stream(self, error: ApiError) -> None:
         """End a stream that has begun with one error event (in its API's format), so the client knows it is incomplete."""

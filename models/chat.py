@@ -8,8 +8,8 @@ carried to the upstream untouched.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -241,26 +241,35 @@ def is_unicode(text: str) -> bool:
 
 
 class ProviderNames(frozenset[str]):
-    """The provider names a model may be prefixed with, and DEFAULT_PROVIDER ("" when unset) for every other model."""
+    """The provider names a model may be prefixed with, DEFAULT_PROVIDER ("" when unset) for every other model,
+    and MODEL_ALIASES_FILE's names (a name -> its target's provider and model)."""
 
     default: str
+    aliases: Mapping[str, tuple[str, str]]
 
-    def __new__(cls, names: Collection[str], default: str = "") -> ProviderNames:
+    def __new__(
+        cls, names: Collection[str], default: str = "", aliases: Mapping[str, tuple[str, str]] | None = None
+    ) -> ProviderNames:
         self = super().__new__(cls, names)
         self.default = default
+        self.aliases = aliases or {}
         return self
 
 
 def split_model(model: Any, providers: Collection[str], param: str = "model") -> tuple[str, str]:
     """``"openrouter/a/b"`` → ``("openrouter", "a/b")``; 400 when it cannot be routed.
 
-    With a default provider (:class:`ProviderNames`), a model whose first
-    segment names no provider goes to it whole: ``("openrouter", "meta-llama/x")``.
+    An alias (:class:`ProviderNames`) is its target's. With a default provider,
+    a model whose first segment names no provider goes to it whole:
+    ``("openrouter", "meta-llama/x")``.
     """
     if model is None or model == "":
         raise bad_request(f"'{param}' is required", param=param)
     if not isinstance(model, str) or not is_unicode(model):
         raise bad_request(f"'{param}' must be a string", param=param)
+    aliases = getattr(providers, "aliases", None)
+    if aliases and model in aliases:
+        return aliases[model]
     provider, sep, name = model.partition("/")
     if sep and name and provider in providers:
         return provider, name
@@ -300,7 +309,13 @@ def parse_fallbacks(value: Any, providers: Collection[str]) -> list[Fallback] | 
         raise bad_request("'fallbacks' must be an array of model ids (PROVIDER/MODEL)", param="fallbacks")
     if len(value) > MAX_FALLBACKS:
         raise bad_request(f"'fallbacks' may name at most {MAX_FALLBACKS} models", param="fallbacks")
-    return [Fallback(*split_model(item, providers, f"fallbacks[{i}]"), item) for i, item in enumerate(value)]
+    return [fallback_of(item, providers, f"fallbacks[{i}]") for i, item in enumerate(value)]
+
+
+def fallback_of(model: Any, providers: Collection[str], param: str = "model") -> Fallback:
+    """A routable model as a :class:`Fallback`, its id the model it goes to (an alias's target)."""
+    provider, name = split_model(model, providers, param)
+    return Fallback(provider, name, model if model.startswith(provider + "/") else f"{provider}/{name}")
 
 
 @dataclass
@@ -314,6 +329,10 @@ class ProxyRequest:
     custom: CustomProvider | None = None
     fallbacks: list[Fallback] | None = None  # None: not given by the request
     endpoint: Endpoint = CHAT
+    session: str = ""  # the session it names (a key pool keeps it on one key): see session_of
+    client_model: str = ""  # the model as the client named it (a translated Messages answer's ``model``)
+    headers: dict[str, str] = field(default_factory=dict)  # client headers relayed to a provider of its dialect
+    query: str = ""  # the query relayed to a provider of its dialect ("?beta=true")
 
 
 def parse_proxy_request(
@@ -344,9 +363,10 @@ def parse_proxy_request(
         body["model"] = upstream_model
     if endpoint.chat_rules:
         check_messages(body)
+    session = body.get("prompt_cache_key") or body.get("user")
     return ProxyRequest(
         body=body, provider=provider, model=upstream_model, stream=endpoint.streams and body.get("stream") is True,
-        custom=custom, fallbacks=fallbacks, endpoint=endpoint,
+        custom=custom, fallbacks=fallbacks, endpoint=endpoint, session=session if isinstance(session, str) else "",
     )
 
 

@@ -46,6 +46,9 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        # An upstream's own error answer (masked), and the dialect it is in: a client of that dialect gets it as it is.
+        self.upstream_body: bytes | None = None
+        self.upstream_api = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The error object, as put under the ``error`` key of a body or SSE event."""

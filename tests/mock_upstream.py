@@ -241,6 +241,7 @@ class MockUpstream(LoopbackServer):
             [
                 (r"/(?:v1/)?chat/completions", _ChatHandler, {"mock": self}),
                 (r"/(?:v1/)?messages", _MessagesHandler, {"mock": self}),
+                (r"/(?:v1/)?messages/count_tokens", _CountTokensHandler, {"mock": self}),
                 (r"/(?:v1/)?responses", _ResponsesHandler, {"mock": self}),
                 (r"/(?:v1/)?embeddings", _EmbeddingsHandler, {"mock": self}),
                 (r"/(?:v1/)?completions", _CompletionsHandler, {"mock": self}),
@@ -816,6 +817,16 @@ class _MessagesHandler(_ChatHandler):
         })
         events.append({"type": "message_stop"})
         return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events]
+
+
+
+class _CountTokensHandler(_MessagesHandler):
+    """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, N the words of the request's text."""
+
+    streams = False
+
+    def completion(self, b: Behavior, body: dict) -> dict:
+        return {"input_tokens": _anthropic_input_tokens(body)}
 
 
 def main(argv: list[str] | None = None) -> None:

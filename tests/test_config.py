@@ -68,7 +68,8 @@ def test_every_table_row_of_settings_is_one_of_its_fields_with_the_same_default(
             assert row.attr in fields
             assert getattr(defaults, row.attr) == row.default
             assert config.env_name(row.attr) == row.env
-    assert set(fields) - set(attributes) == {"providers", "supported_models", "model_fallbacks", "provider_limits"}
+    derived = {"providers", "supported_models", "model_fallbacks", "provider_limits", "model_aliases"}
+    assert set(fields) - set(attributes) == derived
 
 
 # -- loading ------------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_the_fallbacks_file_is_read_and_checked_at_load_time(clean_env: pytest.M
             load_settings()
     clean_env.setenv("MODEL_FALLBACKS_FILE", write(tmp_path, "other.json", '{"openai/a": ["nobody/b"]}'))
     clean_env.setenv("DEFAULT_PROVIDER", "openrouter")  # a model without a provider prefix goes to it whole
-    assert [f.id for f in load_settings().model_fallbacks["openai/a"]] == ["nobody/b"]
+    assert [f.id for f in load_settings().model_fallbacks["openai/a"]] == ["openrouter/nobody/b"]  # X-Mira-Model: the target
     assert load_settings().model_fallbacks["openai/a"][0].provider == "openrouter"
 
 

@@ -7,9 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ujson
-
 from config import Settings
+from models.jsonbody import json_bytes
 from utils import metrics
 from utils.deadlines import Deadlines
 from utils.gate import ClientGate
@@ -63,10 +62,18 @@ class NodeContext:
         self.routing = Routing(settings, self.registry, clock)
         self.models = list(settings.supported_models)  # SUPPORTED_MODELS_FILE, read and checked by config
         self._listed = frozenset(self.models)
-        self.models_body = ujson.dumps(
-            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": m.split("/", 1)[0]} for m in self.models]},
-            escape_forward_slashes=False,
-        ).encode()
+        # /v1/models: the supported models, then the aliases (owned by their target's provider); both shapes made once
+        listed = [(m, m.split("/", 1)[0]) for m in self.models]
+        listed += [(name, provider) for name, (provider, _) in settings.model_aliases.items() if name not in self._listed]
+        self.models_body = json_bytes(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": owner} for m, owner in listed]}
+        )
+        self.anthropic_models_body = json_bytes({
+            "data": [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m, _ in listed],
+            "has_more": False,
+            "first_id": listed[0][0] if listed else None,
+            "last_id": listed[-1][0] if listed else None,
+        })
         self.machine_ip = settings.machine_ip or detect_local_ip()
         # key pools, limits and budgets: per process, or with REDIS_URL shared (circuits too)
         self.ledger: Ledger = LocalLedger(self.registry.pools, settings.provider_limits, wall_clock)

@@ -85,11 +85,14 @@ class ClientGate:
     def needs_key(self) -> bool:
         return bool(self._keys)
 
-    def key_accepted(self, authorization: str) -> bool:
-        """Whether an ``Authorization`` header carries one of SERVICE_API_KEY's keys (each compared in constant time)."""
+    def key_accepted(self, authorization: str, api_key: str = "") -> bool:
+        """Whether an ``Authorization: Bearer`` header (or, where ``api_key`` is given, an ``x-api-key`` header)
+        carries one of SERVICE_API_KEY's keys (each compared in constant time)."""
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            if not api_key:
+                return False
+            token = api_key
         given = token.strip().encode()
         accepted = False
         for key in self._keys:

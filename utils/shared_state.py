@@ -38,7 +38,7 @@ from typing import Any
 
 from config import ProviderLimits, Settings, redis_address
 from utils import metrics
-from utils.upstream.ledger import DAY, GO, KEYS_COOLING, LocalLedger, Ticket
+from utils.upstream.ledger import DAY, GO, KEYS_COOLING, LocalLedger, Ticket, session_key
 from utils.upstream.routing import Circuit
 
 log = logging.getLogger("mira.redis")
@@ -50,7 +50,8 @@ REFUSALS = ("", "rpm", "tpm", "tokens_per_day", KEYS_COOLING)  # the script's re
 
 # take(provider): limits, then a key that is not cooling, then count the call.
 # KEYS: window hash, day count, cooling hash, turn. ARGV: now, rpm, tpm, tokens_per_day (-1: none),
-# the next 00:00 UTC, then the pool's key ids in order. Answer: {key position, refusal code, retry after}.
+# the next 00:00 UTC, the session's key position (-1: none), then the pool's key ids in order.
+# Answer: {key position, refusal code, retry after}.
 TAKE = """
 local now = tonumber(ARGV[1])
 local rpm, tpm, tpd = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -86,19 +87,23 @@ if rpm >= 0 or tpm >= 0 then
   if rpm >= 0 and calls >= rpm then return {0, 1, wait(math.max(room('c', calls, rpm), now + 1))} end
   if tpm >= 0 and tokens >= tpm then return {0, 2, wait(math.max(room('t', tokens, tpm), now + 1))} end
 end
-local key, count = 0, #ARGV - 5
+local key, count, pinned = 0, #ARGV - 6, tonumber(ARGV[6])
 if count > 1 then
-  local turn = tonumber(redis.call('GET', KEYS[4]) or '0')
-  local soonest = nil
   key = -1
-  for offset = 0, count - 1 do
-    local at = (turn + offset) % count
-    local free = tonumber(redis.call('HGET', KEYS[3], ARGV[6 + at]) or '0')
-    if free <= now then key = at break end
-    if soonest == nil or free < soonest then soonest = free end
+  if pinned >= 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[7 + pinned]) or '0') <= now then
+    key = pinned
+  else
+    local turn = tonumber(redis.call('GET', KEYS[4]) or '0')
+    local soonest = nil
+    for offset = 0, count - 1 do
+      local at = (turn + offset) % count
+      local free = tonumber(redis.call('HGET', KEYS[3], ARGV[7 + at]) or '0')
+      if free <= now then key = at break end
+      if soonest == nil or free < soonest then soonest = free end
+    end
+    if key < 0 then return {0, 4, wait(soonest)} end
+    redis.call('SET', KEYS[4], key + 1, 'EX', 86400)
   end
-  if key < 0 then return {0, 4, wait(soonest)} end
-  redis.call('SET', KEYS[4], key + 1, 'EX', 86400)
 end
 if rpm >= 0 then
   redis.call('HINCRBY', KEYS[1], 'c:' .. second, 1)
@@ -398,18 +403,20 @@ class SharedLedger:
         self.circuits.stop()
         await self.link.aclose()
 
-    async def take(self, provider: str) -> Ticket:
+    async def take(self, provider: str, session: str = "") -> Ticket:
         now = self.local.clock()
         limits = self._limits[provider]
         window, cooling, turn = self._keys[provider]
         day = int(now // DAY)
+        ids = self._ids[provider]
+        pinned = session_key(session, len(ids)) if session and len(ids) > 1 else -1
         answer = await self.link.run(
             "take", (window, self.link.key("day", provider, str(day)), cooling, turn),
             (repr(now), _limit(limits.rpm), _limit(limits.tpm), _limit(limits.tokens_per_day), (day + 1) * DAY,
-             *self._ids[provider]),
+             pinned, *ids),
         )
         if answer is None:
-            return self.local.take(provider)
+            return self.local.take(provider, session)
         try:
             key, code, wait = (int(part) for part in answer)
             ticket = GO if not code and not key else Ticket(key, REFUSALS[code], wait)
@@ -417,7 +424,7 @@ class SharedLedger:
                 raise ValueError
         except (TypeError, ValueError, IndexError):
             self.link.failed(Garbage())
-            return self.local.take(provider)
+            return self.local.take(provider, session)
         if not code:
             self.local.count(provider)
         return ticket

@@ -282,7 +282,7 @@ class UpstreamClient:
                 while True:
                     if target.gated:
                         # a key pool or limits: the ledger picks the key, or refuses the call before it is sent
-                        ticket = ledger.take(target.label)
+                        ticket = ledger.take(target.label, attempt.session)
                         if not isinstance(ticket, Ticket):
                             ticket = await ticket  # a shared ledger's round trip
                         if ticket.refused:
@@ -308,6 +308,8 @@ class UpstreamClient:
                             await self._pause_before_retry(target, failure, tried, cancel)
                             continue
                         error = api_error(failure, self.redact)
+                        if isinstance(failure, UpstreamStatus):
+                            self._keep_body(error, failure, target)
                         if not policy.falls_back(failure):
                             if first is None:
                                 _name(error, attempt)
@@ -324,6 +326,13 @@ class UpstreamClient:
             previous = attempt
         assert first is not None, "a plan has at least one attempt"
         raise first
+
+    def _keep_body(self, error: ApiError, failure: UpstreamStatus, target: Target) -> None:
+        """Keep the upstream's error body (masked) on ``error``, for a client that speaks the upstream's dialect."""
+        if failure.body:
+            text = self.redact(failure.body.decode("utf-8", "replace"), target.api_key)
+            error.upstream_body = text.encode()
+            error.upstream_api = target.family.api
 
     def _refused(self, target: Target, ticket: Ticket) -> ApiError:
         """A call the ledger refused: counted and logged; the error it answers with if no fallback is left."""
@@ -360,20 +369,25 @@ class UpstreamClient:
 
     # -- one attempt ----------------------------------------------------------------------
 
-    def _call(self, target: Target, body: bytes, transfer: Transfer, relay: Relay | None = None) -> UpstreamCall:
+    def _call(self, attempt: Attempt, transfer: Transfer, relay: Relay | None = None) -> UpstreamCall:
         s = self.settings
+        target = attempt.target
         guard = None
         if target.guarded:
             guard = transfer.guard = AddressGuard()
+        url, lines = target.url, target.header_lines
+        if attempt.headers:
+            lines = lines + list(attempt.headers)
+        if attempt.query:
+            url += attempt.query
         if relay is not None:
             # No cap on a live stream; the longest silence is bounded by the stream's watchdog.
             return UpstreamCall(
-                target.url, body, target.header_lines, s.upstream_connect_timeout, 0, transfer,
+                url, attempt.body, lines, s.upstream_connect_timeout, 0, transfer,
                 streaming_callback=relay.on_chunk, opensocket=guard,
             )
         return UpstreamCall(
-            target.url, body, target.header_lines, s.upstream_connect_timeout, s.upstream_timeout, transfer,
-            opensocket=guard,
+            url, attempt.body, lines, s.upstream_connect_timeout, s.upstream_timeout, transfer, opensocket=guard
         )
 
     def _send(self, call: UpstreamCall, transfer: Transfer) -> Awaitable[Reply]:
@@ -409,11 +423,11 @@ class UpstreamClient:
         return cancel.transfer() if cancel is not None else Transfer()
 
     async def _attempt_json(self, attempt: Attempt, cancel: Cancel | None) -> UpstreamResponse:
-        target, body = attempt.target, attempt.body
+        target = attempt.target
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
         try:
-            response = await self._send(self._call(target, body, transfer), transfer)
+            response = await self._send(self._call(attempt, transfer), transfer)
         except QueueTimeout:
             metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
             raise
@@ -436,14 +450,14 @@ class UpstreamClient:
     async def _attempt_stream(
         self, attempt: Attempt, sink: StreamSink, result: StreamResult, cancel: Cancel | None
     ) -> StreamResult:
-        target, body = attempt.target, attempt.body
+        target = attempt.target
         transfer = self._new_transfer(cancel)
         started = time.monotonic()
         usage = attempt.reader.stream()
         relay = Relay(sink, transfer, result, started, usage)
         relay.watch_silence(self.settings.upstream_timeout)
         try:
-            response = await self._send(self._call(target, body, transfer, relay), transfer)
+            response = await self._send(self._call(attempt, transfer, relay), transfer)
         except QueueTimeout:
             metrics.upstream_call(target.label, "queue_timeout", time.monotonic() - started)
             raise

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
@@ -63,7 +64,7 @@ class Ledger(Protocol):
     what is not a ticket, so the in-process ledger costs no coroutine.
     """
 
-    def take(self, provider: str) -> Ticket | Awaitable[Ticket]: ...
+    def take(self, provider: str, session: str = "") -> Ticket | Awaitable[Ticket]: ...
 
     async def cool(self, provider: str, key: int, seconds: float) -> None: ...
 
@@ -151,6 +152,11 @@ class _Book:
         return GO
 
 
+def session_key(session: str, keys: int) -> int:
+    """The position of a session's key in a pool of ``keys``: a hash every process and node agrees on."""
+    return zlib.crc32(session.encode("utf-8", "surrogatepass")) % keys
+
+
 class LocalLedger:
     """Key pools, limits and budgets kept in this process (per worker)."""
 
@@ -167,8 +173,12 @@ class LocalLedger:
             if book.limits is not None and book.limits.tokens_per_day is not None:
                 metrics.tokens_today(name, 0)
 
-    def take(self, provider: str) -> Ticket:
-        """Check the limits, pick the key, count the call (the shared ledger decides here while Redis is away)."""
+    def take(self, provider: str, session: str = "") -> Ticket:
+        """Check the limits, pick the key, count the call (the shared ledger decides here while Redis is away).
+
+        A call that names a ``session`` gets the session's key (:func:`session_key`) while that key is
+        not cooling, so the provider's prompt cache (per key) keeps hitting; other calls take the keys in turn.
+        """
         book = self.books[provider]
         now = self.clock()
         book.slide(now)
@@ -178,13 +188,17 @@ class LocalLedger:
         key = 0
         if book.keys > 1:
             until = book.cool_until
-            for offset in range(book.keys):
-                key = (book.turn + offset) % book.keys
-                if until[key] <= now:
-                    break
+            pinned = session_key(session, book.keys) if session else -1
+            if pinned >= 0 and until[pinned] <= now:
+                key = pinned  # the session's own key
             else:
-                return Ticket(0, KEYS_COOLING, seconds_until(min(until), now))
-            book.turn = key + 1
+                for offset in range(book.keys):
+                    key = (book.turn + offset) % book.keys
+                    if until[key] <= now:
+                        break
+                else:
+                    return Ticket(0, KEYS_COOLING, seconds_until(min(until), now))
+                book.turn = key + 1
         self._count(book, now)
         return book.tickets[key]
 

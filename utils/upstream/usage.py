@@ -24,7 +24,7 @@ from models.chat import ProxyRequest
 from models.endpoints import CHAT, COMPLETIONS
 from models.usage import Usage
 
-__all__ = ["StreamUsage", "Usage", "read_usage", "wants_injection"]
+__all__ = ["MessagesUsage", "StreamUsage", "Usage", "read_messages_usage", "read_usage", "wants_injection"]
 
 _USAGE = b'"usage"'
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
@@ -49,6 +49,73 @@ def read_usage(data: bytes) -> Usage | None:
     return Usage(
         int(prompt.group(1)), int(completion.group(1)) if completion else 0, int(cached.group(1)) if cached else 0
     )
+
+
+_MESSAGES_FIELDS = (b"input_tokens", b"output_tokens", b"cache_read_input_tokens", b"cache_creation_input_tokens")
+_MESSAGES_COUNT = {name: re.compile(rb'"' + name + rb'"\s*:\s*(\d+)') for name in _MESSAGES_FIELDS}
+
+
+def _messages_counts(data: bytes, at: int, counts: list[int]) -> bool:
+    """Update ``counts`` (input, output, cache read, cache write) with the fields after ``at``; whether any was there."""
+    found = False
+    for position, name in enumerate(_MESSAGES_FIELDS):
+        match = _MESSAGES_COUNT[name].search(data, at)
+        if match is not None:
+            counts[position] = int(match.group(1))
+            found = True
+    return found
+
+
+def messages_usage(counts: list[int]) -> Usage:
+    """The :class:`Usage` of a Messages answer's counts: prompt tokens are fresh input, cache reads and cache writes."""
+    fresh, output, read, write = counts
+    return Usage(fresh + read + write, output, read, write)
+
+
+def read_messages_usage(data: bytes) -> Usage | None:
+    """The usage a Messages JSON answer reports, or None."""
+    at = data.rfind(_USAGE)
+    counts = [0, 0, 0, 0]
+    if at < 0 or not _messages_counts(data, at, counts):
+        return None
+    return messages_usage(counts)
+
+
+class MessagesUsage:
+    """A relayed Messages stream's usage watcher: every byte passes as it came.
+
+    ``message_start`` gives the counts, and each ``message_delta`` replaces
+    those it carries (its counts are cumulative).
+    """
+
+    __slots__ = ("usage", "_tail", "_counts")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self._tail = b""
+        self._counts = [0, 0, 0, 0]
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._tail + chunk if self._tail else chunk
+        cut = _last_boundary(buf)
+        if cut:
+            self._read(buf[:cut] if cut != len(buf) else buf)
+        tail = buf[cut:]
+        self._tail = tail if len(tail) <= MAX_TAIL else b""
+        return chunk
+
+    def _read(self, complete: bytes) -> None:
+        at = complete.find(_USAGE)
+        while at >= 0:
+            if _messages_counts(complete, at, self._counts):
+                self.usage = messages_usage(self._counts)
+            at = complete.find(_USAGE, at + 1)
+
+    def finish(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        if tail:
+            self._read(tail)
+        return b""
 
 
 def wants_injection(request: ProxyRequest, mode: str) -> bool:

@@ -21,11 +21,13 @@ from models.errors import ApiError
 from utils.redact import Redactor
 from utils.upstream.failures import MAX_ERROR_MESSAGE
 from utils.upstream.providers.anthropic import MessagesFamily
-from utils.upstream.providers.base import AnswerReader, Attempt, Family, StreamWatcher, Target
+from utils.upstream.providers.base import AnswerReader, Attempt, Family, Prepared, StreamWatcher, Target
 from utils.upstream.providers.openai import OpenAICompatible
 from utils.upstream.transport import header_lines
 
-__all__ = ["AnswerReader", "Attempt", "Family", "ProviderRegistry", "StreamWatcher", "Target", "unsupported_endpoint"]
+__all__ = [
+    "AnswerReader", "Attempt", "Family", "Prepared", "ProviderRegistry", "StreamWatcher", "Target", "unsupported_endpoint"
+]
 
 _NO_ADDITIONS: Mapping[str, Any] = {}
 
@@ -48,7 +50,7 @@ class ProviderRegistry:
             return redact.cut(text, MAX_ERROR_MESSAGE)
 
         self.families: dict[str, Family] = {
-            "openai": OpenAICompatible(settings.stream_usage),
+            "openai": OpenAICompatible(settings.stream_usage, mask),
             "anthropic": MessagesFamily(settings.anthropic_max_tokens, mask),
         }
         # provider name -> the node's endpoint path -> target, for every endpoint the provider's family offers
@@ -62,7 +64,8 @@ class ProviderRegistry:
             }
         self.apis = {name: p.api for name, p in settings.providers.items()}  # the family of each provider
         self.pools = {name: len(p.api_keys) for name, p in settings.providers.items()}  # keys per provider
-        self.routable = ProviderNames(self._targets, settings.default_provider)  # what requests' models are split by
+        # what requests' models are split by: provider prefixes, DEFAULT_PROVIDER, MODEL_ALIASES_FILE
+        self.routable = ProviderNames(self._targets, settings.default_provider, settings.model_aliases)
         # each provider's own body fields, added to a chat request that does not set them
         self._additions: dict[str, Mapping[str, Any]] = {}
         if settings.openrouter_ignored_providers:
@@ -120,5 +123,5 @@ class ProviderRegistry:
         """The attempt of ``request`` at its provider: the target, the body prepared for its family, the answer's reader."""
         target = self.target_for(request)
         additions = self._additions.get(request.provider, _NO_ADDITIONS) if request.custom is None else _NO_ADDITIONS
-        body, reader = target.family.prepare(request, additions)
-        return Attempt(model_id, target, body, reader)
+        prepared = target.family.prepare(request, additions)
+        return Attempt(model_id, target, *prepared, session=request.session)

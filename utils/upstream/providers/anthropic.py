@@ -1,11 +1,14 @@
 """The Messages family: Anthropic's Messages API (the ``anthropic`` provider, or ``model_provider.api: "anthropic"``).
 
 A call goes to ``{base_url}/messages`` with ``x-api-key: KEY`` and
-``anthropic-version``. Only chat (and verify and eval, which are chat calls)
-reaches it: responses, embeddings and completions have no Messages
-counterpart (:meth:`MessagesFamily.path` is None, the request a 400
-``unsupported_endpoint``). A chat request is translated to Messages and its
-answer back to chat by the translator unit (:mod:`utils.translate`).
+``anthropic-version``. A Messages request (``/v1/messages``,
+``/v1/messages/count_tokens``) is relayed as it came: the body with its
+``model`` stripped of the prefix, the client's ``anthropic-version`` and
+``anthropic-beta``, the answer byte for byte (usage read on the way). A chat
+request (and verify and eval, which are chat calls) is translated to Messages
+and its answer back to chat by the translator unit (:mod:`utils.translate`).
+Responses, embeddings and completions have no Messages counterpart
+(:meth:`MessagesFamily.path` is None: a 400 ``unsupported_endpoint``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,28 @@ from models.chat import ProxyRequest
 from models.endpoints import CHAT, Endpoint
 from models.jsonbody import json_bytes
 from utils.translate import ChatStream, chat_completion, messages_body
-from utils.upstream.providers.base import AnswerReader, Family
-from utils.upstream.usage import Usage
+from utils.upstream.providers.base import Family, Prepared
+from utils.upstream.usage import MessagesUsage, Usage, read_messages_usage
 
-ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header of every call the node makes itself
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header of a call whose client sent none
+_DEFAULT_HEADERS = (b"anthropic-version: " + ANTHROPIC_VERSION.encode(),)
+# The client headers a relayed Messages request carries on to the provider, as the client sent them.
+RELAYED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+class RelayedMessages:
+    """The reader of a Messages answer to a Messages client: bytes as they came, usage read on the way."""
+
+    __slots__ = ()
+
+    def json(self, body: bytes) -> tuple[bytes, Usage | None]:
+        return body, read_messages_usage(body)
+
+    def stream(self) -> MessagesUsage:
+        return MessagesUsage()
+
+
+RELAYED = RelayedMessages()
 
 
 class ChatFromMessages:
@@ -50,16 +71,25 @@ class MessagesFamily(Family):
         self.mask = mask  # masks upstream text the node puts in a translated answer (a stream's error event)
 
     def path(self, endpoint: Endpoint) -> str | None:
+        if endpoint.dialect == "anthropic":
+            return endpoint.path  # /messages, /messages/count_tokens: relayed
         return "/messages" if endpoint is CHAT else None
 
     def headers(self, api_key: str) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        headers = {"Content-Type": "application/json"}
         if api_key:
             headers["x-api-key"] = api_key
-        return headers
+        return headers  # anthropic-version is the call's own (Prepared.headers): the client's, or the default
 
-    def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> tuple[bytes, AnswerReader]:
+    def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> Prepared:
         body = request.body
+        if request.endpoint.dialect == "anthropic":
+            headers = request.headers
+            lines = tuple(f"{name}: {headers[name]}".encode("latin-1") for name in RELAYED_HEADERS if name in headers)
+            if "anthropic-version" not in headers:
+                lines = _DEFAULT_HEADERS + lines
+            return Prepared(json_bytes(body), RELAYED, lines, request.query)
         options = body.get("stream_options")
         include_usage = request.stream and isinstance(options, dict) and options.get("include_usage") is True
-        return json_bytes(messages_body(body, self.max_tokens)), ChatFromMessages(request.model, include_usage, self.mask)
+        reader = ChatFromMessages(request.model, include_usage, self.mask)
+        return Prepared(json_bytes(messages_body(body, self.max_tokens)), reader, _DEFAULT_HEADERS)

@@ -73,13 +73,22 @@ class Family(ABC):
         """The request headers of a call made with ``api_key`` ('' for none)."""
 
     @abstractmethod
-    def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> tuple[bytes, AnswerReader]:
-        """The upstream body for ``request`` and the reader of its answer.
+    def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> Prepared:
+        """The upstream body for ``request``, the reader of its answer, and the call's own headers and query.
 
         ``additions`` are the provider's own body fields, added when the
         request does not set them (OpenRouter's ``provider.ignore``). A request
         the provider cannot take raises ``ApiError`` (400), before any call.
         """
+
+
+class Prepared(NamedTuple):
+    """What a family makes of one request: the body, the answer's reader, and the call's own headers and query."""
+
+    body: bytes
+    reader: AnswerReader
+    headers: tuple[bytes, ...] = ()
+    query: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,3 +116,6 @@ class Attempt(NamedTuple):
     target: Target
     body: bytes
     reader: AnswerReader
+    headers: tuple[bytes, ...] = ()  # header lines of this request besides the target's (anthropic-version, ...)
+    query: str = ""  # appended to the target's URL ("?beta=true")
+    session: str = ""  # the session the request names: a key pool gives it the same key while that key is free
