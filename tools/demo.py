@@ -12,7 +12,9 @@ Starts two processes and stops them together:
 
 Once the node logs ``listening on HOST:PORT`` and ``GET /health`` answers, it
 prints the node's URL, both PIDs and commands to try (curl and the OpenAI SDK:
-chat, streamed chat, /v1/verify, /v1/eval). The processes' logs go to stderr.
+chat, streamed chat, /v1/verify, /v1/eval; the Anthropic SDK and Claude Code
+through /v1/messages, with an alias file the demo writes to a temporary folder
+and removes when it stops). The processes' logs go to stderr.
 
 Ctrl-C or SIGTERM stops the node (it drains) and then the upstream, each by
 its PID with a bounded wait and SIGKILL as the last resort; so does either
@@ -24,9 +26,12 @@ child exiting by itself (the demo then exits 1).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -53,6 +58,9 @@ EXIT_GRACE = 1.0  # seconds for a child whose output ended to be reaped
 POLL = 0.2
 # Variables of the caller's environment that the children keep; never one of the node's own settings
 # (config.ENV_VARIABLES): those the node gets are set in Demo.node_env.
+# The demo's MODEL_ALIASES_FILE: Claude model names as Claude Code sends them, sent to the demo's models (every
+# other bare name goes to anthropic/, the demo's DEFAULT_PROVIDER).
+DEMO_ALIASES = {"claude-sonnet-4-6": "anthropic/claude-sonnet-4-6", "claude-haiku-4-5": "groq/llama-3.1-8b-instant"}
 PASSED_ON = tuple(name for name in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
                   if name not in ENV_VARIABLES)
 
@@ -85,6 +93,10 @@ class Demo:
         self.stop_requested = threading.Event()  # a signal, or a child's output ended
         self.signal_name = ""
         self.stopping = False
+        self.scratch = tempfile.mkdtemp(prefix="mira-demo-")  # the alias file; removed at shutdown
+        self.aliases_file = os.path.join(self.scratch, "aliases.json")
+        with open(self.aliases_file, "w") as out:
+            json.dump(DEMO_ALIASES, out, indent=2)
 
     def on_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping:  # a second Ctrl-C: the node exits at once on its second signal
@@ -118,6 +130,8 @@ class Demo:
             "version": "0.0.0-demo",
             "log_level": self.args.log_level,
             "shutdown_timeout": NODE_DRAIN_SECONDS,
+            "model_aliases_file": self.aliases_file,
+            "default_provider": "anthropic",
         }
 
     def node_env(self, upstream_url: str) -> dict[str, str]:
@@ -155,7 +169,8 @@ class Demo:
             return self.shutdown(0 if self.signal_name else 1)
         if self.stop_requested.is_set():
             return self.shutdown(0)
-        print(banner(local_host(self.args.host), port, upstream_url, self.children, self.args.words_per_second), flush=True)
+        print(banner(local_host(self.args.host), port, upstream_url, self.children, self.args.words_per_second,
+                     self.aliases_file), flush=True)
         while not self.stop_requested.wait(POLL * 2):
             if not all(child.alive(EXIT_GRACE) for child in self.children):
                 break
@@ -173,6 +188,7 @@ class Demo:
             print(f"demo: {self.signal_name}: stopping", file=sys.stderr)
         for child in reversed(self.children):
             stop_child(child, STOP_TIMEOUT if child.name == "node" else KILL_TIMEOUT)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         print("demo: stopped", file=sys.stderr, flush=True)
         return code
 
@@ -204,7 +220,9 @@ def wait_healthy(url: str, timeout: float, abort: threading.Event) -> bool:
     return False
 
 
-def banner(host: str, port: int, upstream_url: str, children: list[ChildProcess], words_per_second: float) -> str:
+def banner(
+    host: str, port: int, upstream_url: str, children: list[ChildProcess], words_per_second: float, aliases_file: str
+) -> str:
     """What to try, with the real port in every line."""
     url = f"http://{host}:{port}"
     pids = {child.name: child.pid for child in children}
@@ -243,6 +261,22 @@ With the OpenAI SDK (python):
   print(client.chat.completions.create(model="openai/gpt-4o-mini", messages=hello).choices[0].message.content)
   for chunk in client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=hello, stream=True):
       print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+Anthropic's Messages API (relayed to anthropic/, translated for any other provider):
+  curl -s {url}/v1/messages {json_hdr} \
+    -d '{{"model": "claude-haiku-4-5", "max_tokens": 200, {hello}}}'
+With the Anthropic SDK (python):
+  import anthropic
+  client = anthropic.Anthropic(base_url="{url}", api_key="unused")
+  hello = [{{"role": "user", "content": "Hello"}}]
+  print(client.messages.create(model="claude-sonnet-4-6", max_tokens=200, messages=hello).content[0].text)
+  with client.messages.stream(model="claude-haiku-4-5", max_tokens=200, messages=hello) as stream:
+      for text in stream.text_stream:
+          print(text, end="", flush=True)
+With Claude Code (npm install -g @anthropic-ai/claude-code), in another terminal:
+  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
+  The node's alias file {aliases_file} sends claude-haiku-4-5 to groq/llama-3.1-8b-instant
+  and claude-sonnet-4-6 to anthropic/claude-sonnet-4-6; any other Claude name goes to anthropic/ (DEFAULT_PROVIDER).
 
 Ctrl-C stops both.
 """
