@@ -48,6 +48,7 @@ class BaseHandler(RequestHandler):
 
     def initialize(self) -> None:
         self.provider = ""
+        self.session = ""  # the session the request names (the access line records it)
         self.usage: Any = None  # the token usage the upstream reported (utils.upstream.usage.Usage)
         self.upstream_status: int | None = None
         self.stream_bytes = 0

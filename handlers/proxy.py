@@ -35,6 +35,7 @@ class ProxyHandler(ApiHandler):
     async def post_parsed(self, request: ProxyRequest) -> None:
         """Plan, call and answer a validated request."""
         ctx = self.ctx
+        self.session = request.session
         plan = ctx.routing.plan(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private, ctx.resolve)

@@ -208,10 +208,14 @@ def log_request(handler: Any) -> None:
     if usage is not None:
         fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
         tokens = f" tokens={usage.prompt}/{usage.completion}"
+    session = getattr(handler, "session", "")
+    if session:  # the caller's words: masked and escaped, then cut
+        fields["session"] = session = escape_control(redact(session))[:100]
+        session = " session=" + session.replace(" ", "_")
     message = (
         f"{fields['request_id']} {fields['client']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
         f" provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'} bytes={fields['stream_bytes']}"
-        f" aborted={'yes' if fields['client_aborted'] else 'no'}{tokens}"
+        f" aborted={'yes' if fields['client_aborted'] else 'no'}{tokens}{session}"
     )
     writer = _access_writer
     if writer is not None and writer.usable():
