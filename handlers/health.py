@@ -28,6 +28,7 @@ class ModelsHandler(ApiHandler):
     """
 
     route_name = "models"
+    takes_x_api_key = True  # an Anthropic client may send the service key as x-api-key
 
     def get(self) -> None:
         anthropic = "anthropic-version" in self.request.headers

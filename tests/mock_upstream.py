@@ -53,7 +53,9 @@ class Behavior:
     else an OpenAI error when ``status >= 400``, else a generated completion:
     a ``chat.completion`` (with ``tool_call`` if set) or, for ``"stream": true``,
     SSE with ``comments`` first, ``content`` split over ``chunks`` deltas (each
-    padded with ``chunk_padding`` "x"), a final chunk and ``[DONE]``.
+    padded with ``chunk_padding`` "x"), then for ``tool_call`` its deltas (id and name,
+    then the arguments in 2 or more pieces; finish_reason ``tool_calls``), a final chunk
+    and ``[DONE]``.
     ``drop_after_chunks`` / ``hang_after_chunks`` count those ``data:`` events.
 
     On ``/v1/messages`` (Anthropic) the same fields apply to a ``message``
@@ -596,7 +598,9 @@ class _ChatHandler(_BaseHandler):
                 else {"content": piece}
             )
             events.append(_chunk(base, delta, None))
-        final = _chunk(base, {}, "stop")
+        if b.tool_call is not None:
+            events.extend(_chunk(base, {"tool_calls": [call]}, None) for call in self.tool_call_deltas(b.tool_call))
+        final = _chunk(base, {}, "tool_calls" if b.tool_call is not None else "stop")
         options = body.get("stream_options")
         asked = isinstance(options, dict) and options.get("include_usage") is True
         usage = _usage(body, "".join(pieces))
@@ -607,6 +611,14 @@ class _ChatHandler(_BaseHandler):
             events.append({**base, "choices": [], "usage": usage})
         events.append("[DONE]")
         return [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+
+    @staticmethod
+    def tool_call_deltas(tool_call: dict) -> list[dict]:
+        """A streamed tool call as OpenAI sends one: id, type and name first, then the arguments in 2 or more pieces."""
+        arguments = str(tool_call.get("arguments", "{}"))
+        head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": tool_call["name"], "arguments": ""}}
+        pieces = split_content(arguments, max(2, min(len(arguments), 3)))
+        return [head] + [{"index": 0, "function": {"arguments": piece}} for piece in pieces]
 
     async def stream(self, b: Behavior, body: dict) -> None:
         """Send an SSE stream: comments first, then :meth:`events`, with the behaviour's drops and hangs."""
