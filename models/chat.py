@@ -318,6 +318,22 @@ def fallback_of(model: Any, providers: Collection[str], param: str = "model") ->
     return Fallback(provider, name, model if model.startswith(provider + "/") else f"{provider}/{name}")
 
 
+def route_model(
+    body: dict[str, Any], providers: Collection[str], allow_custom: bool
+) -> tuple[CustomProvider | None, str, str]:
+    """A request body's ``model_provider`` (taken out of the body) and where its ``model`` goes: the custom
+    provider and the model as given, or a configured provider and the model without its prefix (written back)."""
+    custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
+    model = body.get("model")
+    if custom is not None:
+        if not isinstance(model, str) or not model:
+            raise bad_request("'model' is required", param="model")
+        return custom, custom.provider_name, model
+    provider, upstream_model = split_model(model, providers)
+    body["model"] = upstream_model
+    return None, provider, upstream_model
+
+
 @dataclass
 class ProxyRequest:
     """A validated chat completion request, ready to be sent upstream."""
@@ -351,16 +367,8 @@ def parse_proxy_request(
                 check_type(body, name, FIELD_TYPES[name])
     elif endpoint.streams:
         check_type(body, "stream", (bool,))
-    custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
     fallbacks = parse_fallbacks(body.pop("fallbacks", None), providers) if "fallbacks" in body else None
-    model = body.get("model")
-    if custom is not None:
-        if not isinstance(model, str) or not model:
-            raise bad_request("'model' is required", param="model")
-        provider, upstream_model = custom.provider_name, model
-    else:
-        provider, upstream_model = split_model(model, providers)
-        body["model"] = upstream_model
+    custom, provider, upstream_model = route_model(body, providers, allow_custom)
     if endpoint.chat_rules:
         check_messages(body)
     session = body.get("prompt_cache_key") or body.get("user")

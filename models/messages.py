@@ -14,7 +14,7 @@ from typing import Any
 
 import ujson
 
-from models.chat import ProxyRequest, parse_custom_provider, parse_json_object, split_model
+from models.chat import ProxyRequest, parse_json_object, route_model
 from models.endpoints import MESSAGES, Endpoint
 from models.errors import bad_request
 
@@ -56,15 +56,8 @@ def parse_messages_request(
     provider, the session header read); ``query`` is passed on to a Messages provider (``?beta=true``).
     """
     body = parse_json_object(raw)
-    custom = parse_custom_provider(body.pop("model_provider", None), allow_custom)
     model = body.get("model")
-    if custom is not None:
-        if not isinstance(model, str) or not model:
-            raise bad_request("'model' is required", param="model")
-        provider, upstream_model = custom.provider_name, model
-    else:
-        provider, upstream_model = split_model(model, providers)
-        body["model"] = upstream_model
+    custom, provider, upstream_model = route_model(body, providers, allow_custom)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array", param="messages")

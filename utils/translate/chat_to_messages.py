@@ -28,6 +28,7 @@ import ujson
 
 from models.errors import ApiError, bad_request
 from models.usage import Usage
+from utils.translate.common import bad, last_boundary, text_of, to_json, typed_items
 
 PROVIDER = "anthropic"
 
@@ -49,18 +50,6 @@ _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "ca
 _NO_FINISH = b',"finish_reason":null}]}\n\n'
 _FINISH = {reason: b',"finish_reason":"' + reason.encode() + b'"}]}\n\n' for reason in set(FINISH_REASONS.values())}
 _DONE = b"data: [DONE]\n\n"
-
-
-def _json(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON; a string that cannot be UTF-8 (a lone surrogate) is written escaped."""
-    try:
-        return ujson.dumps(value, escape_forward_slashes=False, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return ujson.dumps(value, escape_forward_slashes=False).encode()
-
-
-def _bad(param: str, problem: str) -> ApiError:
-    return bad_request(f"'{param}' {problem}", param=param)
 
 
 def _unsupported(param: str, what: str) -> ApiError:
@@ -108,7 +97,7 @@ def messages_body(body: dict[str, Any], default_max_tokens: int) -> dict[str, An
     out["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise _bad("tools", "must be an array")
+        raise bad("tools", "must be an array")
     if tools:  # without tools, tool_choice and parallel_tool_calls mean nothing and Anthropic refuses them
         out["tools"] = [_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools)]
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls") is False)
@@ -118,7 +107,7 @@ def messages_body(body: dict[str, Any], default_max_tokens: int) -> dict[str, An
     if stop is not None:
         sequences = [stop] if isinstance(stop, str) else stop
         if not isinstance(sequences, list) or not all(isinstance(item, str) for item in sequences):
-            raise _bad("stop", "must be a string or an array of strings")
+            raise bad("stop", "must be a string or an array of strings")
         if sequences:
             out["stop_sequences"] = sequences
     for name in ("temperature", "top_p", "stream"):
@@ -134,14 +123,14 @@ def messages_body(body: dict[str, Any], default_max_tokens: int) -> dict[str, An
 def _turns(messages: Any) -> tuple[str, list[dict[str, Any]]]:
     """The ``system`` text and the user/assistant turns of chat ``messages``."""
     if not isinstance(messages, list):
-        raise _bad("messages", "must be an array")
+        raise bad("messages", "must be an array")
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     results: list[dict[str, Any]] | None = None  # the blocks of the user turn tool messages are going into
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad(where, "must be an object")
+            raise bad(where, "must be an object")
         role = message.get("role")
         if role == "tool":
             if results is None:
@@ -165,27 +154,8 @@ def _turns(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             results = None
             turns.append({"role": "assistant", "content": _assistant_content(message, where)})
         else:
-            raise _bad(f"{where}.role", "must be one of system, developer, user, assistant or tool")
+            raise bad(f"{where}.role", "must be one of system, developer, user, assistant or tool")
     return "\n\n".join(system), turns
-
-
-def _parts(content: Any, where: str) -> list[dict[str, Any]]:
-    """``content`` as a list of part objects, each checked to be an object with a string ``type``."""
-    if not isinstance(content, list):
-        raise _bad(where, "must be a string or an array of content parts")
-    for index, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise _bad(f"{where}[{index}]", "must be an object")
-        if not isinstance(part.get("type"), str):
-            raise _bad(f"{where}[{index}].type", "must be a string")
-    return content
-
-
-def _text_of(part: dict[str, Any], where: str, key: str = "text") -> str:
-    text = part.get(key)
-    if not isinstance(text, str):
-        raise _bad(f"{where}.{key}", "must be a string")
-    return text
 
 
 def _texts(content: Any, where: str) -> list[str]:
@@ -193,10 +163,10 @@ def _texts(content: Any, where: str) -> list[str]:
     if isinstance(content, str):
         return [content]
     texts = []
-    for index, part in enumerate(_parts(content, where)):
+    for index, part in enumerate(typed_items(content, where, "content parts")):
         if part["type"] != "text":
-            raise _bad(f"{where}[{index}].type", f"must be 'text' here, not {part['type']!r}")
-        texts.append(_text_of(part, f"{where}[{index}]"))
+            raise bad(f"{where}[{index}].type", f"must be 'text' here, not {part['type']!r}")
+        texts.append(text_of(part, f"{where}[{index}]"))
     return texts
 
 
@@ -212,17 +182,17 @@ def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     blocks = []
-    for index, part in enumerate(_parts(content, where)):
+    for index, part in enumerate(typed_items(content, where, "content parts")):
         at = f"{where}[{index}]"
         kind = part["type"]
         if kind == "text":
-            text = _text_of(part, at)
+            text = text_of(part, at)
             if text:  # Anthropic refuses empty text blocks
                 blocks.append(_text_block(text, part))
         elif kind == "image_url":
             blocks.append(_image_block(part, at))
         else:
-            raise _bad(f"{at}.type", f"{kind!r} is not a content part the {PROVIDER} provider takes (text, image_url)")
+            raise bad(f"{at}.type", f"{kind!r} is not a content part the {PROVIDER} provider takes (text, image_url)")
     return blocks
 
 
@@ -230,12 +200,12 @@ def _image_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url:
-        raise _bad(f"{where}.image_url.url", "must be a non-empty string")
+        raise bad(f"{where}.image_url.url", "must be a non-empty string")
     source: dict[str, Any]
     if url[:5].lower() == "data:":
         match = _DATA_URL.fullmatch(url)
         if match is None:
-            raise _bad(f"{where}.image_url.url", "must be a data:MEDIA;base64,DATA URL or an http(s) URL")
+            raise bad(f"{where}.image_url.url", "must be a data:MEDIA;base64,DATA URL or an http(s) URL")
         source = {"type": "base64", "media_type": match.group(1), "data": match.group(2)}
     else:
         source = {"type": "url", "url": url}
@@ -250,7 +220,7 @@ def _assistant_content(message: dict[str, Any], where: str) -> str | list[dict[s
     content = message.get("content")
     calls = message.get("tool_calls")
     if calls is not None and not isinstance(calls, list):
-        raise _bad(f"{where}.tool_calls", "must be an array")
+        raise bad(f"{where}.tool_calls", "must be an array")
     if not calls and isinstance(content, str):
         return content
     blocks: list[dict[str, Any]] = []
@@ -258,14 +228,14 @@ def _assistant_content(message: dict[str, Any], where: str) -> str | list[dict[s
         if content:
             blocks.append({"type": "text", "text": content})
     elif content is not None:
-        for index, part in enumerate(_parts(content, f"{where}.content")):
+        for index, part in enumerate(typed_items(content, f"{where}.content", "content parts")):
             at = f"{where}.content[{index}]"
             if part["type"] == "text":
-                text = _text_of(part, at)
+                text = text_of(part, at)
             elif part["type"] == "refusal":
-                text = _text_of(part, at, "refusal")
+                text = text_of(part, at, "refusal")
             else:
-                raise _bad(f"{at}.type", f"must be 'text' or 'refusal' in an assistant message, not {part['type']!r}")
+                raise bad(f"{at}.type", f"must be 'text' or 'refusal' in an assistant message, not {part['type']!r}")
             if text:
                 blocks.append(_text_block(text, part))
     if not calls:
@@ -277,18 +247,18 @@ def _assistant_content(message: dict[str, Any], where: str) -> str | list[dict[s
 def _tool_use(call: Any, where: str) -> dict[str, Any]:
     """One chat tool call as a ``tool_use`` block (``input`` its parsed arguments)."""
     if not isinstance(call, dict):
-        raise _bad(where, "must be an object")
+        raise bad(where, "must be an object")
     if call.get("type", "function") != "function":
-        raise _bad(f"{where}.type", f"must be 'function' for the {PROVIDER} provider")
+        raise bad(f"{where}.type", f"must be 'function' for the {PROVIDER} provider")
     call_id = call.get("id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.id", "must be a non-empty string")
+        raise bad(f"{where}.id", "must be a non-empty string")
     function = call.get("function")
     if not isinstance(function, dict):
-        raise _bad(f"{where}.function", "must be an object")
+        raise bad(f"{where}.function", "must be an object")
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.function.name", "must be a non-empty string")
+        raise bad(f"{where}.function.name", "must be a non-empty string")
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         if not arguments.strip():  # a tool without parameters, as some clients write it
@@ -301,7 +271,7 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     elif arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
-        raise _bad(f"{where}.function.arguments", "must be a JSON object (as JSON text)")
+        raise bad(f"{where}.function.arguments", "must be a JSON object (as JSON text)")
     return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
 
 
@@ -309,7 +279,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     """A ``tool`` message as a ``tool_result`` block (its text parts joined with a newline)."""
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.tool_call_id", "must be a non-empty string")
+        raise bad(f"{where}.tool_call_id", "must be a non-empty string")
     content = message.get("content")
     text = "" if content is None else "\n".join(_texts(content, f"{where}.content"))
     return {"type": "tool_result", "tool_use_id": call_id, "content": text}
@@ -318,26 +288,26 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
 def _tool(tool: Any, where: str) -> dict[str, Any]:
     """A chat function tool as a Messages tool (``input_schema`` an empty object schema when absent)."""
     if not isinstance(tool, dict):
-        raise _bad(where, "must be an object")
+        raise bad(where, "must be an object")
     if tool.get("type") != "function":
-        raise _bad(f"{where}.type", f"must be 'function' for the {PROVIDER} provider")
+        raise bad(f"{where}.type", f"must be 'function' for the {PROVIDER} provider")
     function = tool.get("function")
     if not isinstance(function, dict):
-        raise _bad(f"{where}.function", "must be an object")
+        raise bad(f"{where}.function", "must be an object")
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.function.name", "must be a non-empty string")
+        raise bad(f"{where}.function.name", "must be a non-empty string")
     out: dict[str, Any] = {"name": name}
     description = function.get("description")
     if description is not None:
         if not isinstance(description, str):
-            raise _bad(f"{where}.function.description", "must be a string")
+            raise bad(f"{where}.function.description", "must be a string")
         out["description"] = description
     parameters = function.get("parameters")
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
     elif not isinstance(parameters, dict):
-        raise _bad(f"{where}.function.parameters", "must be an object")
+        raise bad(f"{where}.function.parameters", "must be an object")
     out["input_schema"] = parameters
     return out
 
@@ -350,16 +320,16 @@ def _tool_choice(choice: Any, serial: bool) -> dict[str, Any] | None:
     elif isinstance(choice, str):
         kind = _TOOL_CHOICES.get(choice)
         if kind is None:
-            raise _bad("tool_choice", "must be 'auto', 'required', 'none' or a function choice")
+            raise bad("tool_choice", "must be 'auto', 'required', 'none' or a function choice")
         out = {"type": kind}
     elif isinstance(choice, dict):
         function = choice.get("function")
         name = function.get("name") if isinstance(function, dict) else None
         if choice.get("type") != "function" or not isinstance(name, str) or not name:
-            raise _bad("tool_choice", 'must be {"type": "function", "function": {"name": NAME}} when an object')
+            raise bad("tool_choice", 'must be {"type": "function", "function": {"name": NAME}} when an object')
         out = {"type": "tool", "name": name}
     else:
-        raise _bad("tool_choice", "must be a string or an object")
+        raise bad("tool_choice", "must be a string or an object")
     if serial:
         if out is None:
             out = {"type": "auto"}
@@ -433,7 +403,7 @@ def chat_completion(data: bytes, model: str) -> tuple[bytes, Usage | None]:
                 texts.append(text)
         elif kind == "tool_use":
             arguments = block.get("input")
-            function = {"name": block.get("name"), "arguments": _json({} if arguments is None else arguments).decode()}
+            function = {"name": block.get("name"), "arguments": to_json({} if arguments is None else arguments).decode()}
             calls.append({"id": block.get("id"), "type": "function", "function": function})
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
@@ -451,17 +421,7 @@ def chat_completion(data: bytes, model: str) -> tuple[bytes, Usage | None]:
     }
     if usage is not None:
         out["usage"] = _chat_usage(usage)
-    return _json(out), usage
-
-
-def _last_boundary(data: bytes) -> int:
-    """The index just past the last blank line of ``data`` (LF, CRLF or a mix), 0 when there is none."""
-    end = data.rfind(b"\n\n")
-    end = end + 2 if end >= 0 else 0
-    crlf = data.rfind(b"\n\r\n")
-    if crlf >= 0 and crlf + 3 > end:
-        end = crlf + 3
-    return end
+    return to_json(out), usage
 
 
 class ChatStream:
@@ -497,11 +457,11 @@ class ChatStream:
         self._head = b"".join(
             (
                 b'data: {"id":',
-                _json(message_id),
+                to_json(message_id),
                 b',"object":"chat.completion.chunk","created":',
                 str(int(time.time())).encode(),
                 b',"model":',
-                _json(model),
+                to_json(model),
                 b",",
             )
         )
@@ -511,7 +471,7 @@ class ChatStream:
     def feed(self, chunk: bytes) -> bytes:
         """The chat bytes for the events ``chunk`` completes."""
         data = self._tail + chunk if self._tail else chunk
-        end = _last_boundary(data)
+        end = last_boundary(data)
         if not end:
             self._tail = data
             return b""
@@ -557,13 +517,13 @@ class ChatStream:
             delta_kind = delta.get("type")
             if delta_kind == "text_delta":
                 text = delta.get("text")
-                return self._content + _json(text) + b"}" + _NO_FINISH if text and type(text) is str else b""
+                return self._content + to_json(text) + b"}" + _NO_FINISH if text and type(text) is str else b""
             if delta_kind == "input_json_delta":
                 opener = self._tools.get(event.get("index"))
                 partial = delta.get("partial_json")
                 if opener is None or not partial or type(partial) is not str:
                     return b""
-                return opener + _json(partial) + b"}}]}" + _NO_FINISH
+                return opener + to_json(partial) + b"}}]}" + _NO_FINISH
             return b""  # thinking_delta, signature_delta, citations_delta
         if kind == "content_block_start":
             return self._block_start(event)
@@ -573,7 +533,7 @@ class ChatStream:
             return self._message_start(event)
         if kind == "message_stop":
             if self.include_usage and self.usage is not None:
-                return self._head + b'"choices":[],"usage":' + _json(_chat_usage(self.usage)) + b"}\n\n" + _DONE
+                return self._head + b'"choices":[],"usage":' + to_json(_chat_usage(self.usage)) + b"}\n\n" + _DONE
             return _DONE
         if kind == "error":
             return self._error(event)
@@ -610,10 +570,10 @@ class ChatStream:
                 "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""},
             }
-            return self._open + b'{"tool_calls":[' + _json(call) + b"]}" + _NO_FINISH
+            return self._open + b'{"tool_calls":[' + to_json(call) + b"]}" + _NO_FINISH
         if kind == "text":
             text = block.get("text")
-            return self._content + _json(text) + b"}" + _NO_FINISH if text and type(text) is str else b""
+            return self._content + to_json(text) + b"}" + _NO_FINISH if text and type(text) is str else b""
         return b""  # thinking, redacted_thinking, server tool blocks
 
     def _message_delta(self, event: dict[str, Any]) -> bytes:
@@ -645,4 +605,4 @@ class ChatStream:
                 "code": None,
             }
         }
-        return b"data: " + _json(body) + b"\n\n"
+        return b"data: " + to_json(body) + b"\n\n"

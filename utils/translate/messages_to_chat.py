@@ -30,8 +30,9 @@ from typing import Any
 
 import ujson
 
-from models.errors import ApiError, bad_request
+from models.errors import ApiError
 from models.usage import Usage
+from utils.translate.common import bad, last_boundary, text_of, to_json, typed_items
 
 __all__ = ["MessagesStream", "chat_body", "count_tokens_estimate", "error_event", "messages_answer"]
 
@@ -67,20 +68,8 @@ _MESSAGE_DELTA = {
 _NO_BLOCK, _TEXT, _TOOL = 0, 1, 2  # the kind of MessagesStream's open block
 
 
-def _json(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON; a string that cannot be UTF-8 (a lone surrogate) is written escaped."""
-    try:
-        return ujson.dumps(value, escape_forward_slashes=False, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return ujson.dumps(value, escape_forward_slashes=False).encode()
-
-
-def _bad(param: str, problem: str) -> ApiError:
-    return bad_request(f"'{param}' {problem}", param=param)
-
-
 def _untranslatable(param: str, kind: str, where: str) -> ApiError:
-    return _bad(param, f"is {kind!r}: a block type that cannot be sent to {TARGET} (in {where})")
+    return bad(param, f"is {kind!r}: a block type that cannot be sent to {TARGET} (in {where})")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,13 +90,13 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
         messages.append({"role": "system", "content": system})
     turns = body.get("messages")
     if not isinstance(turns, list):
-        raise _bad("messages", "must be an array")
+        raise bad("messages", "must be an array")
     for index, turn in enumerate(turns):
         _turn(turn, f"messages[{index}]", messages)
     out: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise _bad("tools", "must be an array")
+        raise bad("tools", "must be an array")
     choice, serial = _tool_choice(body.get("tool_choice"))
     if tools:  # without tools, tool_choice and parallel_tool_calls mean nothing and chat providers refuse them
         out["tools"] = [_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools)]
@@ -121,51 +110,32 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop_sequences")
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(item, str) for item in stop):
-            raise _bad("stop_sequences", "must be an array of strings")
+            raise bad("stop_sequences", "must be an array of strings")
         if stop:
             out["stop"] = stop
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _bad(name, "must be a number")
+                raise bad(name, "must be a number")
             out[name] = value
     stream = body.get("stream")
     if stream is not None:
         if not isinstance(stream, bool):
-            raise _bad("stream", "must be a boolean")
+            raise bad("stream", "must be a boolean")
         out["stream"] = stream
         if stream:
             out["stream_options"] = {"include_usage": True}
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise _bad("metadata", "must be an object")
+            raise bad("metadata", "must be an object")
         user = metadata.get("user_id")
         if user is not None and not isinstance(user, str):
-            raise _bad("metadata.user_id", "must be a string")
+            raise bad("metadata.user_id", "must be a string")
         if user:
             out["user"] = user
     return out
-
-
-def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    """``content`` as a list of blocks, each checked to be an object with a string ``type``."""
-    if not isinstance(content, list):
-        raise _bad(where, "must be a string or an array of content blocks")
-    for index, block in enumerate(content):
-        if not isinstance(block, dict):
-            raise _bad(f"{where}[{index}]", "must be an object")
-        if not isinstance(block.get("type"), str):
-            raise _bad(f"{where}[{index}].type", "must be a string")
-    return content
-
-
-def _text_of(block: dict[str, Any], where: str, key: str = "text") -> str:
-    text = block.get(key)
-    if not isinstance(text, str):
-        raise _bad(f"{where}.{key}", "must be a string")
-    return text
 
 
 def _system(system: Any) -> str:
@@ -175,11 +145,11 @@ def _system(system: Any) -> str:
     if isinstance(system, str):
         return system
     texts = []
-    for index, block in enumerate(_blocks(system, "system")):
+    for index, block in enumerate(typed_items(system, "system", "content blocks")):
         at = f"system[{index}]"
         if block["type"] != "text":
             raise _untranslatable(f"{at}.type", block["type"], "system")
-        text = _text_of(block, at)
+        text = text_of(block, at)
         if text and not text.startswith(BILLING_TAG):
             texts.append(text)
     return "\n\n".join(texts)
@@ -188,21 +158,21 @@ def _system(system: Any) -> str:
 def _turn(turn: Any, where: str, messages: list[dict[str, Any]]) -> None:
     """Append the chat messages of one Messages turn to ``messages``."""
     if not isinstance(turn, dict):
-        raise _bad(where, "must be an object")
+        raise bad(where, "must be an object")
     role = turn.get("role")
     content = turn.get("content")
     if role == "user":
         if isinstance(content, str):
             messages.append({"role": "user", "content": content})
         else:
-            _user_turn(_blocks(content, f"{where}.content"), f"{where}.content", messages)
+            _user_turn(typed_items(content, f"{where}.content", "content blocks"), f"{where}.content", messages)
     elif role == "assistant":
         if isinstance(content, str):
             messages.append({"role": "assistant", "content": content})
         else:
-            messages.append(_assistant_turn(_blocks(content, f"{where}.content"), f"{where}.content"))
+            messages.append(_assistant_turn(typed_items(content, f"{where}.content", "content blocks"), f"{where}.content"))
     else:
-        raise _bad(f"{where}.role", "must be 'user' or 'assistant'")
+        raise bad(f"{where}.role", "must be 'user' or 'assistant'")
 
 
 def _user_turn(blocks: list[dict[str, Any]], where: str, messages: list[dict[str, Any]]) -> None:
@@ -218,7 +188,7 @@ def _user_turn(blocks: list[dict[str, Any]], where: str, messages: list[dict[str
         at = f"{where}[{index}]"
         kind = block["type"]
         if kind == "text":
-            parts.append({"type": "text", "text": _text_of(block, at)})
+            parts.append({"type": "text", "text": text_of(block, at)})
         elif kind == "image":
             parts.append(_image_part(block, at))
         elif kind == "tool_result":
@@ -240,22 +210,22 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An ``image`` block as an ``image_url`` part (a data URL for a base64 source, else the URL)."""
     source = block.get("source")
     if not isinstance(source, dict):
-        raise _bad(f"{where}.source", "must be an object")
+        raise bad(f"{where}.source", "must be an object")
     kind = source.get("type")
     if kind == "base64":
         media_type, data = source.get("media_type"), source.get("data")
         if not isinstance(media_type, str) or not media_type:
-            raise _bad(f"{where}.source.media_type", "must be a non-empty string")
+            raise bad(f"{where}.source.media_type", "must be a non-empty string")
         if not isinstance(data, str):
-            raise _bad(f"{where}.source.data", "must be a string")
+            raise bad(f"{where}.source.data", "must be a string")
         url = f"data:{media_type};base64,{data}"
     elif kind == "url":
         link = source.get("url")
         if not isinstance(link, str) or not link:
-            raise _bad(f"{where}.source.url", "must be a non-empty string")
+            raise bad(f"{where}.source.url", "must be a non-empty string")
         url = link
     else:
-        raise _bad(f"{where}.source.type", f"must be 'base64' or 'url' for {TARGET}, not {kind!r}")
+        raise bad(f"{where}.source.type", f"must be 'base64' or 'url' for {TARGET}, not {kind!r}")
     return {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -263,7 +233,7 @@ def _tool_message(block: dict[str, Any], where: str, images: list[dict[str, Any]
     """A ``tool_result`` block as a ``tool`` message; its images are appended to ``images``."""
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.tool_use_id", "must be a non-empty string")
+        raise bad(f"{where}.tool_use_id", "must be a non-empty string")
     content = block.get("content")
     if content is None:
         text = ""
@@ -271,13 +241,13 @@ def _tool_message(block: dict[str, Any], where: str, images: list[dict[str, Any]
         text = content
     else:
         lines = []
-        for index, inner in enumerate(_blocks(content, f"{where}.content")):
+        for index, inner in enumerate(typed_items(content, f"{where}.content", "content blocks")):
             at = f"{where}.content[{index}]"
             kind = inner["type"]
             if kind == "text":
-                lines.append(_text_of(inner, at))
+                lines.append(text_of(inner, at))
             elif kind == "tool_reference":
-                lines.append("tool: " + _text_of(inner, at, "tool_name"))
+                lines.append("tool: " + text_of(inner, at, "tool_name"))
             elif kind == "image":
                 images.append(_image_part(inner, at))
             else:
@@ -285,7 +255,7 @@ def _tool_message(block: dict[str, Any], where: str, images: list[dict[str, Any]
         text = "\n".join(lines)
     is_error = block.get("is_error")
     if is_error is not None and not isinstance(is_error, bool):
-        raise _bad(f"{where}.is_error", "must be a boolean")
+        raise bad(f"{where}.is_error", "must be a boolean")
     if is_error:
         text = "Error: " + text
     return {"role": "tool", "tool_call_id": call_id, "content": text}
@@ -299,7 +269,7 @@ def _assistant_turn(blocks: list[dict[str, Any]], where: str) -> dict[str, Any]:
         at = f"{where}[{index}]"
         kind = block["type"]
         if kind == "text":
-            texts.append(_text_of(block, at))
+            texts.append(text_of(block, at))
         elif kind == "tool_use":
             calls.append(_tool_call(block, at))
         elif kind not in _DROPPED_BLOCKS:
@@ -314,39 +284,39 @@ def _tool_call(block: dict[str, Any], where: str) -> dict[str, Any]:
     """A ``tool_use`` block as a chat tool call (``arguments`` its input as compact JSON text)."""
     call_id = block.get("id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.id", "must be a non-empty string")
+        raise bad(f"{where}.id", "must be a non-empty string")
     name = block.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.name", "must be a non-empty string")
+        raise bad(f"{where}.name", "must be a non-empty string")
     arguments = block.get("input")
     if arguments is None:
         arguments = {}
     elif not isinstance(arguments, dict):
-        raise _bad(f"{where}.input", "must be an object")
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": _json(arguments).decode()}}
+        raise bad(f"{where}.input", "must be an object")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": to_json(arguments).decode()}}
 
 
 def _tool(tool: Any, where: str) -> dict[str, Any]:
     """A Messages client tool as a chat function tool; a server tool is a 400 naming it."""
     if not isinstance(tool, dict):
-        raise _bad(where, "must be an object")
+        raise bad(where, "must be an object")
     kind = tool.get("type")
     if kind is not None and kind != "custom":
-        raise _bad(f"{where}.type", f"is {kind!r}: a server tool, which {TARGET} cannot run")
+        raise bad(f"{where}.type", f"is {kind!r}: a server tool, which {TARGET} cannot run")
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"{where}.name", "must be a non-empty string")
+        raise bad(f"{where}.name", "must be a non-empty string")
     function: dict[str, Any] = {"name": name}
     description = tool.get("description")
     if description is not None:
         if not isinstance(description, str):
-            raise _bad(f"{where}.description", "must be a string")
+            raise bad(f"{where}.description", "must be a string")
         function["description"] = description
     schema = tool.get("input_schema")
     if schema is None:
         schema = {"type": "object", "properties": {}}
     elif not isinstance(schema, dict):
-        raise _bad(f"{where}.input_schema", "must be an object")
+        raise bad(f"{where}.input_schema", "must be an object")
     function["parameters"] = schema
     return {"type": "function", "function": function}
 
@@ -356,21 +326,21 @@ def _tool_choice(choice: Any) -> tuple[str | dict[str, Any] | None, bool]:
     if choice is None:
         return None, False
     if not isinstance(choice, dict):
-        raise _bad("tool_choice", "must be an object")
+        raise bad("tool_choice", "must be an object")
     kind = choice.get("type")
     out: str | dict[str, Any]
     if kind == "tool":
         name = choice.get("name")
         if not isinstance(name, str) or not name:
-            raise _bad("tool_choice.name", "must be a non-empty string")
+            raise bad("tool_choice.name", "must be a non-empty string")
         out = {"type": "function", "function": {"name": name}}
     elif isinstance(kind, str) and kind in _TOOL_CHOICES:
         out = _TOOL_CHOICES[kind]
     else:
-        raise _bad("tool_choice.type", "must be 'auto', 'any', 'tool' or 'none'")
+        raise bad("tool_choice.type", "must be 'auto', 'any', 'tool' or 'none'")
     serial = choice.get("disable_parallel_tool_use")
     if serial is not None and not isinstance(serial, bool):
-        raise _bad("tool_choice.disable_parallel_tool_use", "must be a boolean")
+        raise bad("tool_choice.disable_parallel_tool_use", "must be a boolean")
     return out, serial is True
 
 
@@ -397,7 +367,7 @@ def count_tokens_estimate(body: dict[str, Any]) -> int:
             size += _content_size(turn.get("content"))
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
-        size += len(_json(tool))
+        size += len(to_json(tool))
     return math.ceil(size / 4)
 
 
@@ -417,7 +387,7 @@ def _content_size(content: Any) -> int:
             if isinstance(text, str):
                 size += len(text.encode(errors="replace"))
         elif kind == "tool_use":
-            size += len(_json(block.get("input", {})))
+            size += len(to_json(block.get("input", {})))
         elif kind == "tool_result":
             size += _content_size(block.get("content"))
     return size
@@ -452,7 +422,7 @@ def _usage_object(usage: Usage | None) -> dict[str, int]:
 
 def _usage_json(usage: Usage | None) -> bytes:
     """:func:`_usage_object` as JSON bytes."""
-    return _ZERO_USAGE if usage is None else _json(_usage_object(usage))
+    return _ZERO_USAGE if usage is None else to_json(_usage_object(usage))
 
 
 def _stop_reason(finish_reason: Any, has_tools: bool) -> str:
@@ -515,7 +485,7 @@ def messages_answer(data: bytes, model: str, provider: str = PROVIDER) -> tuple[
         "stop_sequence": None,
         "usage": _usage_object(usage),
     }
-    return _json(out), usage
+    return to_json(out), usage
 
 
 def _tool_use(call: dict[str, Any], provider: str) -> dict[str, Any]:
@@ -554,17 +524,7 @@ def _tool_use(call: dict[str, Any], provider: str) -> dict[str, Any]:
 def error_event(error_type: str, message: str) -> bytes:
     """One Messages SSE ``event: error`` (``error_type`` e.g. ``api_error``, ``overloaded_error``)."""
     body = {"type": "error", "error": {"type": error_type, "message": message}}
-    return b"event: error\ndata: " + _json(body) + b"\n\n"
-
-
-def _last_boundary(data: bytes) -> int:
-    """The index just past the last blank line of ``data`` (LF, CRLF or a mix), 0 when there is none."""
-    end = data.rfind(b"\n\n")
-    end = end + 2 if end >= 0 else 0
-    crlf = data.rfind(b"\n\r\n")
-    if crlf >= 0 and crlf + 3 > end:
-        end = crlf + 3
-    return end
+    return b"event: error\ndata: " + to_json(body) + b"\n\n"
 
 
 class _Call:
@@ -635,7 +595,7 @@ class MessagesStream:
         if self.ended:
             return b""
         data = self._tail + chunk if self._tail else chunk
-        end = _last_boundary(data)
+        end = last_boundary(data)
         if not end:
             self._tail = data
             return b""
@@ -719,9 +679,9 @@ class MessagesStream:
         return b"".join(
             (
                 b'event: message_start\ndata: {"type":"message_start","message":{"id":',
-                _json(_new_id()),
+                to_json(_new_id()),
                 b',"type":"message","role":"assistant","model":',
-                _json(self.model),
+                to_json(self.model),
                 b',"content":[],"stop_reason":null,"stop_sequence":null,"usage":',
                 _ZERO_USAGE,
                 b"}}\n\n",
@@ -742,8 +702,8 @@ class MessagesStream:
         if self._kind != _TEXT:
             out = self._open(_TEXT, b'{"type":"text","text":""}')
             self._text_prefix = _DELTA_HEAD + str(self._next - 1).encode() + b',"delta":{"type":"text_delta","text":'
-            return out + self._text_prefix + _json(text) + _DELTA_END
-        return self._text_prefix + _json(text) + _DELTA_END
+            return out + self._text_prefix + to_json(text) + _DELTA_END
+        return self._text_prefix + to_json(text) + _DELTA_END
 
     def _tool_calls(self, calls: list[Any]) -> bytes:
         out: list[bytes] = []
@@ -764,7 +724,7 @@ class MessagesStream:
             arguments = function.get("arguments")
             if arguments and type(arguments) is str:
                 if call.prefix:
-                    out.append(call.prefix + _json(arguments) + _DELTA_END)
+                    out.append(call.prefix + to_json(arguments) + _DELTA_END)
                     continue
                 call.pending.append(arguments)
             if call.prefix:
@@ -782,11 +742,11 @@ class MessagesStream:
     def _open_tool(self, call: _Call) -> bytes:
         """Open ``call``'s ``tool_use`` block, with the arguments that came before its name."""
         block = {"type": "tool_use", "id": call.id or _new_id("toolu_"), "name": call.name, "input": {}}
-        out = self._open(_TOOL, _json(block))
+        out = self._open(_TOOL, to_json(block))
         self._has_tools = True
         call.prefix = _DELTA_HEAD + str(self._next - 1).encode() + b',"delta":{"type":"input_json_delta","partial_json":'
         if call.pending:
-            out += call.prefix + _json("".join(call.pending)) + _DELTA_END
+            out += call.prefix + to_json("".join(call.pending)) + _DELTA_END
             call.pending = []
         return out
 

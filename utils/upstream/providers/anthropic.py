@@ -25,8 +25,6 @@ from utils.upstream.usage import MessagesUsage, Usage, read_messages_usage
 
 ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header of a call whose client sent none
 _DEFAULT_HEADERS = (b"anthropic-version: " + ANTHROPIC_VERSION.encode(),)
-# The client headers a relayed Messages request carries on to the provider, as the client sent them.
-RELAYED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class RelayedMessages:
@@ -84,8 +82,8 @@ class MessagesFamily(Family):
     def prepare(self, request: ProxyRequest, additions: Mapping[str, Any]) -> Prepared:
         body = request.body
         if request.endpoint.dialect == "anthropic":
-            headers = request.headers
-            lines = tuple(f"{name}: {headers[name]}".encode("latin-1") for name in RELAYED_HEADERS if name in headers)
+            headers = request.headers  # the client's anthropic-version and anthropic-beta (models.messages)
+            lines = tuple(f"{name}: {value}".encode("latin-1") for name, value in headers.items())
             if "anthropic-version" not in headers:
                 lines = _DEFAULT_HEADERS + lines
             return Prepared(json_bytes(body), RELAYED, lines, request.query)
