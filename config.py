@@ -14,15 +14,23 @@ Configuration table; the attribute is the field's name), plus the rows of
 lists them all; :func:`load_settings`, :data:`ENV_VARIABLES`, ``tools/demo.py``
 and the test that README's table agrees with it read that list. Adding a
 setting is one ``name: type = setting(...)`` line in :class:`Settings` (and its
-row in the README). The files SUPPORTED_MODELS_FILE and MODEL_FALLBACKS_FILE
-name are read and checked here too, into ``supported_models`` and
-``model_fallbacks``.
+row in the README). The files SUPPORTED_MODELS_FILE, MODEL_FALLBACKS_FILE,
+MODEL_ALIASES_FILE and PROVIDER_LIMITS_FILE name are read and checked here too,
+into ``supported_models``, ``model_fallbacks``, ``model_aliases`` and
+``provider_limits``.
+
+What ``python server.py --check-config`` prints is made here too:
+:func:`setting_typos` (names in the ``.env`` file, or variables of the
+environment, that look like a setting but are not one) and
+:func:`effective_settings` (each setting's value, secrets masked, and where it
+came from).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -37,7 +45,6 @@ from models.errors import ApiError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = ROOT / "data" / "supported_models.json"
-
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ class Setting:
     attr: str = ""  # the Settings attribute ("": none of its own: ENV_FILE, a provider's URL or key)
     blank_is_default: bool = False  # a value that casts to nothing ('', ',') means the default too
     shown: str = ""  # the default as README shows it, when that is not the value itself
+    secret: bool = False  # its value (REDIS_URL: the password in it) is never shown
 
     def read(self, raw: str | None) -> Any:
         """The value of this variable for its text (None: not set); ValueError when the text is bad."""
@@ -255,7 +263,7 @@ def setting(
     blank_is_default: bool = False, shown: str = "", secret: bool = False,
 ) -> T:
     """A field of :class:`Settings` read from ``env``: one row of the settings table (see the module docstring)."""
-    row = Setting(env, default, cast, doc, blank_is_default=blank_is_default, shown=shown)
+    row = Setting(env, default, cast, doc, blank_is_default=blank_is_default, shown=shown, secret=secret)
     return field(default=default, repr=not secret, metadata={_ROW: row})
 
 
@@ -267,6 +275,11 @@ class ProviderSettings:
     base_url: str
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api: str = "openai"  # the family it speaks (ProviderRow.api)
+
+    @property
+    def configured(self) -> bool:
+        """Whether requests may go to it: it has a key, or needs none (a local server)."""
+        return bool(self.api_keys) or PROVIDERS[self.name].keyless
 
     @property
     def api_key(self) -> str:
@@ -377,6 +390,11 @@ class Settings:
         "UPSTREAM_RETRY_BACKOFF", 0.25, _float(0.0),
         "first retry delay in seconds (doubles, with jitter; an upstream `Retry-After` wins, up to 30 s)",
     )
+    upstream_retry_max_wait: float = setting(
+        "UPSTREAM_RETRY_MAX_WAIT", 5.0, _float(0.0),
+        "seconds; an upstream 429 or 503 whose `Retry-After` asks for longer is not retried: the request goes to its"
+        " next fallback at once, or the upstream's status comes back with that `Retry-After`",
+    )
     eval_concurrency: int = setting("EVAL_CONCURRENCY", 8, _int(1), "parallel model calls within one eval")
     eval_max_rows: int = setting("EVAL_MAX_ROWS", 10000, _int(1), "larger evals get 400")
     verify_default_model: str = setting(
@@ -475,7 +493,7 @@ class Settings:
 ENV_FILE = Setting(
     "ENV_FILE", ".env", _text,
     "file of `NAME=value` lines read for the variables the environment does not set (relative: to the working"
-    " directory); no such file: none",
+    " directory); no `.env`: none; an ENV_FILE that does not exist stops start-up (exit 2)",
 )
 
 # The settings table: every variable the node reads, in the order it reads them.
@@ -487,7 +505,7 @@ SETTINGS: tuple[Setting, ...] = (
         for name, provider in PROVIDERS.items()
         for row in (
             Setting(provider.url_var, provider.url_default, _url, f"the `{name}/` provider"),
-            Setting(provider.key_var, "", _text, f"the `{name}/` provider"),
+            Setting(provider.key_var, "", _text, f"the `{name}/` provider", secret=True),
         )
     ),
 )

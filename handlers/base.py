@@ -28,6 +28,9 @@ log = logging.getLogger("mira.handlers")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID, OpenAI-Organization, OpenAI-Project"
+# The node's own answer headers a page's script may read (a browser hides every other one).
+_CORS_EXPOSE_HEADERS = "X-Request-ID, X-Mira-Model, X-Mira-Cost-USD, Retry-After"
+_MACHINE_HEADERS = ("X-Machine-IP", "X-Machine-Name")  # never on a 401 or 403: the caller is not trusted
 
 
 @stream_request_body
@@ -51,7 +54,8 @@ class BaseHandler(RequestHandler):
         self.session = ""  # the session the request names (the access line records it)
         self.usage: Any = None  # the token usage the upstream reported (utils.upstream.usage.Usage)
         self.upstream_status: int | None = None
-        self.stream_bytes = 0
+        self.bytes_sent = 0  # the answer's body bytes, counted as they are flushed (the access line)
+        self.model = ""  # the model as the client named it (the access line)
         self.client_aborted = False
         self._chunks: list[bytes] = []
         self._body_size = 0
@@ -79,10 +83,12 @@ class BaseHandler(RequestHandler):
         origins = self.ctx.settings.cors_origins
         if "*" in origins:
             self.set_header("Access-Control-Allow-Origin", "*")
+            self.set_header("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS)
         else:
             origin = self.request.headers.get("Origin")
             if origin and origin in origins:
                 self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS)
                 self.set_header("Vary", "Origin")
 
     def options(self, *args: Any) -> None:
@@ -92,7 +98,7 @@ class BaseHandler(RequestHandler):
         self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
         requested = self.request.headers.get("Access-Control-Request-Headers")
         self.set_header("Access-Control-Allow-Headers", requested or _CORS_ALLOW_HEADERS)
-        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_header("Access-Control-Max-Age", "600")
         self.finish()
 
     def finish(self, chunk: Any = None) -> Any:
@@ -107,6 +113,13 @@ class BaseHandler(RequestHandler):
         if self.ctx.draining:
             future.add_done_callback(lambda _: self._close_connection())
         return future
+
+    def flush(self, include_footers: bool = False) -> Any:
+        """Send what is written so far; its bytes count toward :attr:`bytes_sent`."""
+        buffered = self._write_buffer
+        if buffered:
+            self.bytes_sent += sum(map(len, buffered))
+        return super().flush(include_footers)
 
     def compute_etag(self) -> None:
         return None  # API answers are not cached; skip hashing every body
@@ -191,6 +204,9 @@ class BaseHandler(RequestHandler):
             error = ApiError(status_code, "The server had an error while processing your request", type=ERROR_TYPES.get(500))
         self.clear_header("Content-Type")
         self.set_header("Content-Type", "application/json")
+        if error.status in (401, 403):
+            for name in _MACHINE_HEADERS:
+                self.clear_header(name)
         closing = error.status in (408, 413) or error.code == "client_forbidden"
         if closing:
             # The rest of the body is not worth waiting for: answer, then close the connection.
@@ -298,6 +314,7 @@ class ApiHandler(BaseHandler):
     async def vet_models(self, models: Any) -> None:
         """Verify and eval: note the providers asked (the access line), vet a custom provider (SSRF) before any call."""
         self.provider = ",".join(sorted({ref.provider for ref in models}))
+        self.model = ",".join(ref.id for ref in models)
         custom = models[0].custom
         if custom is not None:
             await check_custom_provider(custom, self.ctx.settings.custom_provider_allow_private, self.ctx.resolve)

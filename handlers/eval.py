@@ -54,7 +54,6 @@ class EvalHandler(ApiHandler):
     async def _send(self, rows: list[list[str]]) -> None:
         """Write rows of the result CSV and flush them to the client."""
         data = format_csv_rows(rows).encode("utf-8")
-        self.stream_bytes += len(data)
         self.write(data)
         await self.flush()
 

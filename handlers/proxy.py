@@ -36,6 +36,7 @@ class ProxyHandler(ApiHandler):
         """Plan, call and answer a validated request."""
         ctx = self.ctx
         self.session = request.session
+        self.model = request.client_model
         plan = ctx.routing.plan(request)
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private, ctx.resolve)
@@ -54,7 +55,6 @@ class ProxyHandler(ApiHandler):
         self.provider = attempt.target.label
         self.usage = result.usage
         self.upstream_status = result.status
-        self.stream_bytes = result.bytes_sent
         if result.ttfb is not None:
             metrics.upstream_ttfb(attempt.target.label, result.ttfb)
         if self.cancel.shutting_down:

@@ -368,6 +368,7 @@ def parse_proxy_request(
     elif endpoint.streams:
         check_type(body, "stream", (bool,))
     fallbacks = parse_fallbacks(body.pop("fallbacks", None), providers) if "fallbacks" in body else None
+    client_model = body.get("model")
     custom, provider, upstream_model = route_model(body, providers, allow_custom)
     if endpoint.chat_rules:
         check_messages(body)
@@ -375,6 +376,7 @@ def parse_proxy_request(
     return ProxyRequest(
         body=body, provider=provider, model=upstream_model, stream=endpoint.streams and body.get("stream") is True,
         custom=custom, fallbacks=fallbacks, endpoint=endpoint, session=session if isinstance(session, str) else "",
+        client_model=client_model if isinstance(client_model, str) else "",
     )
 
 

@@ -52,6 +52,7 @@ class NodeContext:
     ) -> None:
         self.settings = settings
         self.resolve = resolve
+        metrics.build_info(settings.version)
         # The router state and machine name (shared by the workers: made before they fork).
         self.router_status = router_status or RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
         self.redactor = PROCESS_REDACTOR  # one per process: the log filter masks what this one knows
@@ -63,8 +64,12 @@ class NodeContext:
         self.models = list(settings.supported_models)  # SUPPORTED_MODELS_FILE, read and checked by config
         self._listed = frozenset(self.models)
         # /v1/models: the supported models, then the aliases (owned by their target's provider); both shapes made once
+        # (of configured providers only; an id whose first segment names no provider goes to DEFAULT_PROVIDER)
+        configured, names = self.registry.configured, settings.providers
         listed = [(m, m.split("/", 1)[0]) for m in self.models]
-        listed += [(name, provider) for name, (provider, _) in settings.model_aliases.items() if name not in self._listed]
+        listed = [(m, owner) for m, owner in listed if owner in configured or owner not in names]
+        listed += [(name, provider) for name, (provider, _) in settings.model_aliases.items()
+                   if name not in self._listed and provider in configured]
         self.models_body = json_bytes(
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": owner} for m, owner in listed]}
         )

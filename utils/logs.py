@@ -188,6 +188,9 @@ def log_request(handler: Any) -> None:
     redact = _access_redactor
     if route in ("not_found", "other"):  # a served route's path is the route itself; any other is outside text
         path = escape_control(redact(path))
+    model = getattr(handler, "model", "")
+    if model:  # the caller's words: masked, escaped, one word
+        model = escape_control(redact(model))[:200].replace(" ", "_")
     provider = getattr(handler, "provider", "")
     if provider and not provider.isalnum():  # a configured name or "custom" as is; a custom provider's name is the caller's
         provider = escape_control(redact(provider))
@@ -200,7 +203,8 @@ def log_request(handler: Any) -> None:
         "duration_ms": round(seconds * 1000, 2),
         "provider": provider or None,
         "upstream_status": getattr(handler, "upstream_status", None),
-        "stream_bytes": getattr(handler, "stream_bytes", 0),
+        "model": model or None,
+        "bytes": getattr(handler, "bytes_sent", 0),
         "client_aborted": getattr(handler, "client_aborted", False),
     }
     usage = getattr(handler, "usage", None)
@@ -214,7 +218,8 @@ def log_request(handler: Any) -> None:
         session = " session=" + session.replace(" ", "_")
     message = (
         f"{fields['request_id']} {fields['client']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
-        f" provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'} bytes={fields['stream_bytes']}"
+        f" model={model or '-'} provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'}"
+        f" bytes={fields['bytes']}"
         f" aborted={'yes' if fields['client_aborted'] else 'no'}{tokens}{session}"
     )
     writer = _access_writer

@@ -139,7 +139,7 @@ class Routing:
     def health(self) -> dict[str, str]:
         """``{provider: "up" | "down"}`` for /health."""
         return {name: ("up" if self.circuits[name].up else "down") if name in self.circuits else "up"
-                for name in self.registry.names}
+                for name in self.registry.names if name in self.registry.configured}
 
     def plan(self, request: ProxyRequest) -> Plan:
         """The request's attempts in order: the primary (its body prepared now: a 400 is raised here), then each fallback."""

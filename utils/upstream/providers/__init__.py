@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from config import Settings
+from config import PROVIDERS, Settings
 from models.chat import ProviderNames, ProxyRequest
 from models.endpoints import CHAT, ENDPOINTS, Endpoint
 from models.errors import ApiError
@@ -26,10 +26,19 @@ from utils.upstream.providers.openai import OpenAICompatible
 from utils.upstream.transport import header_lines
 
 __all__ = [
-    "AnswerReader", "Attempt", "Family", "Prepared", "ProviderRegistry", "StreamWatcher", "Target", "unsupported_endpoint"
+    "AnswerReader", "Attempt", "Family", "Prepared", "ProviderRegistry", "StreamWatcher", "Target", "not_configured",
+    "unconfigured_references", "unsupported_endpoint",
 ]
 
 _NO_ADDITIONS: Mapping[str, Any] = {}
+
+
+def not_configured(provider: str) -> ApiError:
+    """The 400 for a request to a provider this node has no key for."""
+    variable = PROVIDERS[provider].key_var
+    return ApiError(
+        400, f"{provider} is not configured on this node: set {variable}", param="model", code="provider_not_configured"
+    )
 
 
 def unsupported_endpoint(provider: str, api: str, endpoint: Endpoint) -> ApiError:
@@ -40,6 +49,22 @@ def unsupported_endpoint(provider: str, api: str, endpoint: Endpoint) -> ApiErro
         " use /v1/chat/completions, or a model of another provider",
         param="model", code="unsupported_endpoint",
     )
+
+
+def unconfigured_references(settings: Settings) -> list[str]:
+    """Start-up warnings: MODEL_FALLBACKS_FILE and MODEL_ALIASES_FILE entries that name a provider without a key."""
+    configured = {name for name, p in settings.providers.items() if p.configured}
+    lines = []
+    for name, (provider, model) in settings.model_aliases.items():
+        if provider not in configured:
+            lines.append(f"MODEL_ALIASES_FILE: {name!r} -> {provider}/{model}, but {provider} is not configured"
+                         f" (set {PROVIDERS[provider].key_var}): requests for it get 400 provider_not_configured")
+    for model, fallbacks in settings.model_fallbacks.items():
+        for fallback in fallbacks:
+            if fallback.provider not in configured:
+                lines.append(f"MODEL_FALLBACKS_FILE: {model!r} falls back to {fallback.id}, but {fallback.provider} is not"
+                             f" configured (set {PROVIDERS[fallback.provider].key_var}): that fallback is skipped")
+    return lines
 
 
 class ProviderRegistry:
@@ -55,13 +80,14 @@ class ProviderRegistry:
         }
         # provider name -> the node's endpoint path -> target, for every endpoint the provider's family offers
         self._targets: dict[str, dict[str, Target]] = {}
+        self.configured = {name for name, p in settings.providers.items() if p.configured}
         for name, p in settings.providers.items():
             family = self.families[p.api]
             limited = name in settings.provider_limits
             self._targets[name] = {
                 e.path: self._configured(name, family, p.base_url, p.api_keys, limited, e)
                 for e in ENDPOINTS if family.path(e) is not None
-            }
+            } if name in self.configured else {}
         self.apis = {name: p.api for name, p in settings.providers.items()}  # the family of each provider
         self.pools = {name: len(p.api_keys) for name, p in settings.providers.items()}  # keys per provider
         # what requests' models are split by: provider prefixes, DEFAULT_PROVIDER, MODEL_ALIASES_FILE
@@ -106,7 +132,8 @@ class ProviderRegistry:
     def target_for(self, request: ProxyRequest) -> Target:
         """Where a validated request goes: its custom provider or a configured one, at its endpoint's path.
 
-        A provider whose dialect has no such endpoint: 400 ``unsupported_endpoint``.
+        A provider without a key: 400 ``provider_not_configured``; one whose dialect has no such
+        endpoint: 400 ``unsupported_endpoint``.
         """
         if request.custom is not None:
             c = request.custom
@@ -116,6 +143,8 @@ class ProviderRegistry:
             )
         target = self._targets[request.provider].get(request.endpoint.path)
         if target is None:
+            if request.provider not in self.configured:
+                raise not_configured(request.provider)
             raise unsupported_endpoint(request.provider, self.apis[request.provider], request.endpoint)
         return target
 
