@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -129,3 +130,40 @@ async def test_the_access_line_names_the_model_and_the_bytes_of_every_answer(nod
 async def test_build_info_names_the_version(node_url, upstream):
     text = (await get(node_url + "/metrics")).body.decode()
     assert 'mira_build_info{version="9.9.9-test"} 1.0' in text
+
+
+# -- UPSTREAM_RETRY_MAX_WAIT -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_longer_than_the_max_wait_is_not_waited_for(node_url, upstream, status):
+    upstream.default = Behavior(status=status, error_message="busy", headers={"Retry-After": "7"})
+    pending = asyncio.ensure_future(post(node_url + CHAT, chat_body()))
+    response = await asyncio.wait_for(pending, timeout=5)  # not 7 s, twice
+    assert response.code == status
+    assert response.headers["Retry-After"] == "7"
+    assert len(upstream.requests) == 1  # not retried
+
+
+@pytest.mark.node_env(UPSTREAM_RETRY_MAX_WAIT="10", UPSTREAM_RETRIES="1")
+async def test_a_retry_after_within_the_max_wait_is_retried(node_url, upstream):
+    upstream.push(Behavior(status=503, error_message="busy", headers={"Retry-After": "0"}))
+    response = await post(node_url + CHAT, chat_body())
+    assert response.code == 200
+    assert len(upstream.requests) == 2
+
+
+async def test_a_long_retry_after_goes_to_the_next_fallback_at_once(node_url, upstream):
+    upstream.set_behavior("busy", Behavior(status=429, error_message="busy", headers={"Retry-After": "60"}))
+    response = await asyncio.wait_for(post(node_url + CHAT, chat_body("openai/busy", fallbacks=["groq/free"])), timeout=5)
+    assert response.code == 200 and response.headers["X-Mira-Model"] == "groq/free"
+    assert [r.json["model"] for r in upstream.requests] == ["busy", "free"]
+
+
+@pytest.mark.node_env(UPSTREAM_RETRIES="1")
+@pytest.mark.parametrize("junk", ["nan", "inf", "-3", "soon"])
+async def test_a_retry_after_that_is_not_a_number_gets_the_ordinary_back_off(node_url, upstream, junk):
+    upstream.push(Behavior(status=503, error_message="busy", headers={"Retry-After": junk}))
+    response = await post(node_url + CHAT, chat_body())
+    assert response.code == 200
+    assert len(upstream.requests) == 2  # retried after the ordinary (short) back-off

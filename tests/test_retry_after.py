@@ -22,7 +22,7 @@ from tests.helpers import chat_body, post
 from tests.mock_upstream import Behavior
 from utils.redact import Redactor
 from utils.upstream.failures import UpstreamStatus, api_error, retry_after_header, retry_after_seconds
-from utils.upstream.policy import MAX_KEY_REST, MAX_RETRY_AFTER, MIN_KEY_REST, Policy
+from utils.upstream.policy import MAX_KEY_REST, MIN_KEY_REST, Policy
 
 NOW = float(calendar.timegm((2026, 12, 3, 12, 0, 0)))  # 2026-12-03T12:00:00Z
 IN_90_S = formatdate(NOW + 90, usegmt=True)  # IMF-fixdate: "Thu, 03 Dec 2026 12:01:30 GMT"
@@ -89,7 +89,7 @@ def test_the_retry_backoff_is_the_upstreams_wait_capped_else_the_doubling_one(ra
         ordinary = BACKOFF * 2 ** (tried - 1)
         assert ordinary / 2 <= delay <= ordinary  # doubling, with jitter
     else:
-        assert delay == min(seconds, MAX_RETRY_AFTER)
+        assert delay == min(seconds, policy().max_wait)
 
 
 def test_the_retry_backoff_keeps_its_signature_for_the_engine():

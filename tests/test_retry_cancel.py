@@ -9,9 +9,10 @@ import pytest
 from tests.helpers import RawClient, chat_body, error_of, post
 from tests.mock_upstream import Behavior
 
-pytestmark = pytest.mark.gen_test(timeout=20)
+# The upstream asks for a long pause before the retry: long enough that a test waiting it out would time out,
+# and within UPSTREAM_RETRY_MAX_WAIT, so that the node does wait for it.
+pytestmark = [pytest.mark.gen_test(timeout=20), pytest.mark.node_env(UPSTREAM_RETRY_MAX_WAIT="60")]
 
-# The upstream asks for a long pause before the retry: long enough that a test waiting it out would time out.
 LONG_PAUSE = Behavior(status=503, headers={"Retry-After": "25"}, error_message="busy")
 
 

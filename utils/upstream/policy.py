@@ -12,7 +12,8 @@ module says what the node does about it. The attempt engine
 * :meth:`Policy.counts_against_circuit`: the provider looks unhealthy
   (connection failure, timeout, 5xx; not a 4xx, not a 429);
 * :meth:`Policy.backoff`: the pause before a retry (doubling, with jitter; an
-  upstream ``Retry-After`` wins, up to :data:`MAX_RETRY_AFTER`);
+  upstream ``Retry-After`` wins; one longer than UPSTREAM_RETRY_MAX_WAIT is not
+  waited for: :meth:`Policy.may_retry` says no);
 * :meth:`Policy.cools_key` and :meth:`Policy.key_rest`: with a key pool, an
   upstream 401 or 429 rests that key (the 429's ``Retry-After`` up to
   :data:`MAX_KEY_REST`, else KEY_COOLDOWN) and the same attempt goes at once
@@ -47,7 +48,6 @@ from utils.upstream.failures import (
 # An upstream answer worth another attempt at the same provider; 529 is Anthropic's "overloaded", its 503.
 RETRY_STATUSES = frozenset((429, 502, 503, 504, 529))
 FALLBACK_STATUSES = frozenset((401, 403, 404, 408, 429))  # 4xx another provider could avoid (and every 5xx)
-MAX_RETRY_AFTER = 30.0  # seconds: the longest upstream Retry-After the node waits before a retry
 RETRYABLE_FAILURES = (ConnectFailed, ConnectionLost)  # no answer, where a new connection may get one
 NODE_REFUSALS = (Forbidden, QueueTimeout)  # the node's own refusals: no provider is to blame
 KEY_REST_STATUSES = frozenset((401, 429))  # with a key pool: that key rests, the next one takes the attempt
@@ -62,12 +62,13 @@ log = logging.getLogger("mira.upstream")
 class Policy:
     """What to do after a failed attempt, with the numbers of one node's settings."""
 
-    __slots__ = ("retries", "backoff_base", "key_cooldown")
+    __slots__ = ("retries", "backoff_base", "key_cooldown", "max_wait")
 
     def __init__(self, settings: Settings) -> None:
         self.retries = settings.upstream_retries
         self.backoff_base = settings.retry_backoff
         self.key_cooldown = settings.key_cooldown
+        self.max_wait = settings.upstream_retry_max_wait  # the longest Retry-After a retry waits for
 
     @staticmethod
     def retryable(failure: UpstreamFailure) -> bool:
@@ -91,8 +92,18 @@ class Policy:
         return not isinstance(failure, NODE_REFUSALS)
 
     def may_retry(self, failure: UpstreamFailure, tried: int) -> bool:
-        """Retry ``failure`` after ``tried`` retries of the same attempt?"""
-        return tried < self.retries and self.retryable(failure)
+        """Retry ``failure`` after ``tried`` retries of the same attempt?
+
+        Not when the upstream's ``Retry-After`` asks for longer than
+        UPSTREAM_RETRY_MAX_WAIT: the request goes on to its next fallback at
+        once, or the upstream's answer (with that Retry-After) is the client's.
+        """
+        if tried >= self.retries or not self.retryable(failure):
+            return False
+        if isinstance(failure, UpstreamStatus) and failure.retry_after:
+            seconds = retry_after_seconds(failure.retry_after)
+            return seconds is None or seconds <= self.max_wait
+        return True
 
     @staticmethod
     def cools_key(failure: UpstreamFailure) -> bool:
@@ -122,7 +133,7 @@ class Policy:
         """
         seconds = retry_after_seconds(retry_after, now)
         if seconds is not None:
-            return min(seconds, MAX_RETRY_AFTER)
+            return min(seconds, self.max_wait)
         return doubling(self.backoff_base, tried) * (0.5 + random.random() / 2)
 
 
