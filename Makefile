@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run dev test check pytest typecheck lint bench bench-quick bench-rounds bench-instructions bench-hostile clean fuzz docker-base docker-build docker-run docker-test
+.PHONY: install run check-config dev test check pytest typecheck lint bench bench-quick bench-rounds bench-instructions bench-hostile clean fuzz docker-base docker-build docker-run docker-test
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(STAMP)  ## create .venv and install the pinned requirements
 
 run: $(STAMP)  ## run the node (settings from the environment and .env)
 	$(PY) server.py
+
+check-config: $(STAMP)  ## read and check the settings and files as start-up does; print them (secrets masked), listen on nothing
+	$(PY) server.py --check-config
 
 dev: $(STAMP)  ## run with Tornado's autoreload: restarts when a source file changes
 	$(PY) -m tornado.autoreload server.py

@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import ujson
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
 from models.chat import Fallback, ProviderNames, fallback_of, split_model
 from models.errors import ApiError
+from utils.redact import Redactor
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = ROOT / "data" / "supported_models.json"
@@ -77,6 +78,8 @@ ROUTER_LIVENESS_TTL = 12.0
 Network = IPv4Network | IPv6Network
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+MASKED = "********"  # a secret, or the password of a URL, where a value is shown
 
 T = TypeVar("T")
 
@@ -388,7 +391,7 @@ class Settings:
     )
     retry_backoff: float = setting(
         "UPSTREAM_RETRY_BACKOFF", 0.25, _float(0.0),
-        "first retry delay in seconds (doubles, with jitter; an upstream `Retry-After` wins, up to 30 s)",
+        "first retry delay in seconds (doubles, with jitter; an upstream `Retry-After` wins, up to UPSTREAM_RETRY_MAX_WAIT)",
     )
     upstream_retry_max_wait: float = setting(
         "UPSTREAM_RETRY_MAX_WAIT", 5.0, _float(0.0),
@@ -527,11 +530,63 @@ def env_name(attr: str) -> str:
 # -- loading ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EnvFile:
+    """The ``.env`` file read for the variables the environment does not set: its name and its lines."""
+
+    name: str  # as ENV_FILE (or its default) gives it; "" when there is no file
+    repository: Any = field(default_factory=RepositoryEmpty, repr=False)  # python-decouple's reading of it
+
+    @property
+    def values(self) -> Mapping[str, str]:
+        """Its ``NAME=value`` lines, as python-decouple reads them (never shown: they may hold secrets)."""
+        data: Mapping[str, str] = getattr(self.repository, "data", {})
+        return data
+
+
+def read_env_file(env_file: str | None = None) -> EnvFile:
+    """The file ENV_FILE names (``env_file`` when given); ConfigError when it was named and cannot be read.
+
+    The default, ``.env`` in the working directory, may be missing: then there is none. An empty ENV_FILE
+    means none as well.
+    """
+    named = env_file if env_file is not None else os.environ.get(ENV_FILE.env)
+    path = ENV_FILE.default if named is None else named.strip()
+    if not path or (named is None and not Path(path).is_file()):
+        return EnvFile("")
+    where = f"{ENV_FILE.env}={path!r}"
+    if not os.path.exists(path):
+        raise ConfigError(f"{where}: not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: is a directory, not a file")
+    try:
+        return EnvFile(path, RepositoryEnv(path))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: cannot be read (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+
+
 def _make_config(env_file: str | None) -> Config:
-    path = env_file if env_file is not None else os.environ.get(ENV_FILE.env, ENV_FILE.default)
-    if path and Path(path).is_file():
-        return Config(RepositoryEnv(path))
-    return Config(RepositoryEmpty())
+    """The environment, then the ``.env`` file (:func:`read_env_file`)."""
+    return Config(read_env_file(env_file).repository)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user info (``user:password@``) written ``********``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return MASKED
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASKED}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def _shown_secret(text: str) -> str:
+    """A secret's text in a message: a URL without its password (REDIS_URL), anything else not at all."""
+    return masked_url(text) if "://" in text else MASKED
 
 
 def _read(config: Config, row: Setting) -> Any:
@@ -539,9 +594,15 @@ def _read(config: Config, row: Setting) -> Any:
     try:
         return row.read(None if raw is None else str(raw))
     except ValueError as exc:
-        shown = str(raw) if len(str(raw)) <= 40 else str(raw)[:40] + "..."
+        text = _shown_secret(str(raw)) if row.secret else str(raw)
+        shown = text if len(text) <= 40 else text[:40] + "..."
         detail = str(exc) if not str(exc).startswith(("invalid literal", "could not")) else "is not a number"
         raise ConfigError(f"{row.env}={shown!r}: {detail}") from None
+
+
+def read_setting(env: str, env_file: str | None = None) -> Any:
+    """One variable's value, read and checked as :func:`load_settings` reads it (``VERSION`` for ``--version``)."""
+    return _read(_make_config(env_file), SETTING_OF[env])
 
 
 def _check(values: dict[str, Any], providers: Mapping[str, ProviderSettings]) -> None:
@@ -563,11 +624,36 @@ def _check(values: dict[str, Any], providers: Mapping[str, ProviderSettings]) ->
 
 
 def read_json(variable: str, path: str) -> Any:
-    """The JSON of the file a variable names; ConfigError naming both when it cannot be read as JSON."""
+    """The JSON of the file a variable names; ConfigError naming both when it is missing, unreadable or not JSON."""
+    where = f"{variable}={path!r}"
     try:
-        return ujson.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{variable}={path!r}: cannot be read as JSON ({exc.__class__.__name__})") from None
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        return ujson.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {_not_json(data, exc)}") from None
+
+
+def _not_json(data: bytes, exc: ValueError) -> str:
+    """What is wrong with a text ujson refused, with its line and column: ujson's own error gives no position,
+    so the text is parsed again with the standard ``json`` module, whose error does."""
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as error:
+        return f"not JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - data.rfind(b"\n", 0, error.start)
+        return f"not JSON at line {line}, column {column}: not UTF-8 text"
+    except ValueError:
+        pass
+    return f"not JSON: {str(exc)[:80]}"  # what only ujson refuses (NaN, a number out of its range)
 
 
 def load_models(path: str) -> tuple[str, ...]:
@@ -667,3 +753,128 @@ def load_settings(env_file: str | None = None) -> Settings:
         model_aliases=aliases,
         provider_limits=load_limits(values["provider_limits_file"], providers),
     )
+
+
+# -- what --check-config shows: names that are not settings, the effective settings --------------------------------
+
+TYPO_EDITS = 2  # a name within this many edits of a setting is taken for a typo of it
+# What the first word (the text before the first "_") of a variable the node reads can be.
+FIRST_WORDS = frozenset(name.split("_", 1)[0] for name in ENV_VARIABLES)
+FOREIGN_PREFIXES = ("OTEL_",)  # read by others in the node's process: the OpenTelemetry SDK reads OTEL_*
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """The Damerau-Levenshtein distance of ``a`` and ``b`` (optimal string alignment: insertions, deletions,
+    substitutions and swaps of two neighbours); ``limit + 1`` for anything beyond ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, previous = previous, current
+    return min(previous[-1], limit + 1)
+
+
+def is_setting(name: str) -> bool:
+    """Whether the node, or a library in its process (OTEL_*), reads the variable ``name``."""
+    return name in SETTING_OF or name.startswith(FOREIGN_PREFIXES)
+
+
+def nearest_setting(name: str) -> str | None:
+    """The setting within :data:`TYPO_EDITS` edits of ``name`` (letter case aside), the nearest (the first of
+    the table on a tie); None when there is none."""
+    wanted = name.upper()
+    best, fewest = None, TYPO_EDITS + 1
+    for candidate in ENV_VARIABLES:
+        edits = _edits(wanted, candidate, TYPO_EDITS)
+        if edits < fewest:
+            best, fewest = candidate, edits
+    return best
+
+
+def setting_typos(env: Mapping[str, str], dotenv_names: Iterable[str], env_file: str = ".env") -> list[str]:
+    """One warning line for each name that is not a setting but was probably meant as one.
+
+    Every name of the ``.env`` file (``dotenv_names``, read from ``env_file``) that is not a setting: it
+    is there for the node, which ignores it. And each variable of the environment ``env`` whose first
+    word (``OPENAI`` of ``OPENAI_APIKEY``) is the first word of a setting, which is not a setting, and is
+    within two edits of one. Any other variable of the environment (PATH, HOME, ...) is none of the node's
+    business. OTEL_* names are settings (of the OpenTelemetry SDK).
+    """
+    lines: list[str] = []
+    reported: set[str] = set()
+    for name in dotenv_names:
+        if is_setting(name) or name in reported:
+            continue
+        reported.add(name)
+        nearest = nearest_setting(name)
+        hint = f"did you mean {nearest}?" if nearest else "the node does not read it"
+        lines.append(f"{env_file}: {name[:80]} is not a setting ({hint})")
+    for name in sorted(env):
+        if is_setting(name) or name in reported or name.split("_", 1)[0].upper() not in FIRST_WORDS:
+            continue
+        nearest = nearest_setting(name)
+        if nearest:
+            lines.append(f"{name[:80]} is not a setting (did you mean {nearest}?)")
+    return lines
+
+
+def _text_of(value: Any) -> str:
+    """A setting's value as a variable would hold it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _masked(value: Any) -> str:
+    """A secret setting's value as --check-config shows it: never 8 characters of a secret in a row.
+
+    A URL keeps all but its password (REDIS_URL); a key or token shows its first 4 characters when it
+    has 16 or more, and how many keys a comma-separated list holds.
+    """
+    keys = value if isinstance(value, tuple) else tuple(item for item in [str(value)] if item)
+    if not keys:
+        return ""
+    if not isinstance(value, tuple) and "://" in keys[0]:
+        return masked_url(keys[0])
+    first = keys[0]
+    shown = first[:4] + "..." if len(first) >= 16 else MASKED
+    count = f", {len(keys)} key{'' if len(keys) == 1 else 's'}" if isinstance(value, tuple) else ""
+    return f"{shown}(masked{count})"
+
+
+def effective_settings(settings: Settings, env_file: EnvFile, environ: Mapping[str, str]) -> list[str]:
+    """``NAME=value (source)`` for every setting, in the table's order: the value the node runs with (secrets
+    masked), and where it came from: ``environment``, the ``.env`` file's name, or ``default``.
+
+    Should a secret stand in an ordinary setting's value too, it is masked there as the logs mask it.
+    """
+    redact = Redactor(settings.secrets())  # the logs' masking: no 8 characters of a secret in a row
+    values: dict[str, Any] = {row.env: getattr(settings, row.attr) for row in SETTINGS if row.attr}
+    for name, provider in PROVIDERS.items():
+        values[provider.url_var] = settings.providers[name].base_url
+        values[provider.key_var] = settings.providers[name].api_keys
+    values[ENV_FILE.env] = environ.get(ENV_FILE.env, ENV_FILE.default)
+    lines = []
+    for row in SETTINGS:
+        if row.env in environ:
+            source = "environment"
+        elif env_file.name and row is not ENV_FILE and row.env in env_file.values:
+            source = env_file.name
+        else:
+            source = "default"
+        value = values[row.env]
+        shown = _masked(value) if row.secret else redact(_text_of(value))
+        lines.append(f"{row.env}={shown} ({source})")
+    return lines

@@ -135,13 +135,13 @@ def test_the_models_file_is_read_and_checked_at_load_time(clean_env: pytest.Monk
     clean_env.setenv("SUPPORTED_MODELS_FILE", write(tmp_path, "models.json", '["openai/a", "groq/b", "openai/a"]'))
     assert load_settings().supported_models == ("openai/a", "groq/b")
     for text, message in (("[1]", "must be a JSON array of model id strings"), ('{"a": 1}', "must be a JSON array"),
-                          ("[", "cannot be read as JSON")):
+                          ("[", "not JSON at line 1, column 2: Expecting value")):
         path = write(tmp_path, "bad.json", text)
         clean_env.setenv("SUPPORTED_MODELS_FILE", path)
         with pytest.raises(ConfigError, match=re.escape(f"SUPPORTED_MODELS_FILE={path!r}: {message}")):
             load_settings()
     clean_env.setenv("SUPPORTED_MODELS_FILE", str(tmp_path / "missing.json"))
-    with pytest.raises(ConfigError, match="SUPPORTED_MODELS_FILE=.*cannot be read as JSON"):
+    with pytest.raises(ConfigError, match="SUPPORTED_MODELS_FILE=.*: not found"):
         load_settings()
 
 
@@ -154,7 +154,7 @@ def test_the_fallbacks_file_is_read_and_checked_at_load_time(clean_env: pytest.M
         ("[]", "must be a JSON object of model id -> list of model ids"),
         ('{"openai/a": "groq/b"}', "the value of 'openai/a' must be a list of model ids"),
         ('{"openai/a": ["nobody/b"]}', "'openai/a': Unknown provider 'nobody'"),
-        ("{", "cannot be read as JSON"),
+        ("{", "not JSON at line 1, column 2: Expecting property name"),
     ):
         path = write(tmp_path, "bad.json", text)
         clean_env.setenv("MODEL_FALLBACKS_FILE", path)

@@ -316,7 +316,7 @@ async def test_verify_and_eval_calls_are_refused_the_same_way(limits, node_url, 
 @pytest.mark.parametrize(
     ("content", "named"),
     [
-        ("{not json", "cannot be read as JSON"),
+        ("{not json", "not JSON at line 1, column 2"),
         ('["openai"]', "must be a JSON object"),
         ('{"nosuch": {"rpm": 1}}', "unknown provider 'nosuch'"),
         ('{"openai": {"rpm": -1}}', "openai.rpm must be a whole number, 0 or more"),
