@@ -2,6 +2,9 @@
 
 The demo runs exactly as ``make demo`` runs it (``python tools/demo.py``), on a
 free port (``--port 0``); its stdout is read for the node's URL and both PIDs.
+The demo upstream (``tools/demo_upstream.py``) is also run alone, for the rest
+of the OpenAI surface it answers (responses, embeddings, completions: JSON,
+SSE, errors). tests/test_demo_commands.py runs the commands the demo prints.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -131,11 +135,16 @@ def test_demo_stops_the_node_when_the_upstream_dies(demo: RunningDemo) -> None:
     assert "the upstream" in log, log
 
 
-def test_the_demo_names_the_nodes_settings_through_configs_table(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_names_the_nodes_settings_through_configs_table(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
     from config import ENV_VARIABLES, load_settings
     from tools import demo
 
-    env = demo.Demo(demo.parse_args(["--port", "0", "--log-level", "DEBUG"])).node_env("http://127.0.0.1:9/v1")
+    # Demo() makes its scratch folder (the alias file), which only a run removes: here, in the test's tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = demo.Demo(demo.parse_args(["--port", "0", "--log-level", "DEBUG"]))
+    assert Path(made.scratch).parent == tmp_path
+    env = made.node_env("http://127.0.0.1:9/v1")
     assert set(env) <= {*ENV_VARIABLES, *demo.PASSED_ON, "PYTHONUNBUFFERED"}
     assert not set(demo.PASSED_ON) & set(ENV_VARIABLES)
     for name in ENV_VARIABLES:
@@ -147,3 +156,112 @@ def test_the_demo_names_the_nodes_settings_through_configs_table(monkeypatch: py
     assert settings.shutdown_timeout == demo.NODE_DRAIN_SECONDS
     assert {p.base_url for p in settings.providers.values()} == {"http://127.0.0.1:9/v1"}
     assert {p.api_key for p in settings.providers.values()} == {demo.DUMMY_KEY}
+
+
+@pytest.fixture
+def demo_upstream() -> Iterator[str]:
+    """tools/demo_upstream.py on a free port (200 words/s); its base URL (``.../v1``)."""
+    child = ChildProcess([sys.executable, str(ROOT / "tools" / "demo_upstream.py"), "--port", "0",
+                          "--words-per-second", "200"], name="demo-upstream")
+    try:
+        match = child.wait_for_line(r"listening on [^ ]+:(\d+)", READY_TIMEOUT)
+        assert match is not None, child.output
+        yield f"http://127.0.0.1:{match.group(1)}/v1"
+    finally:
+        child.stop(5.0)
+
+
+def post(url: str, body: object) -> tuple[int, bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, method="POST", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, str]]:
+    """(event name or None, data) of each event of an SSE body."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((fields.get("event"), fields["data"]))
+    return events
+
+
+def test_the_demo_upstream_answers_responses_embeddings_and_completions(demo_upstream: str) -> None:
+    client = openai.OpenAI(base_url=demo_upstream, api_key="unused", max_retries=0, timeout=10)
+    answer = client.responses.create(model="m", input="Hello demo", instructions="Be brief")
+    assert answer.output_text.startswith("Hello from the Mira demo upstream!") and "Hello demo" in answer.output_text
+    assert answer.usage is not None and answer.usage.output_tokens == len(answer.output_text.split())
+    assert answer.usage.input_tokens == 4  # "Be brief" and "Hello demo"
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Answer yes or no: is it?"}]}]
+    assert client.responses.create(model="m", input=items).output_text == "Yes."
+
+    status, raw = post(demo_upstream + "/responses", {"model": "m", "input": "Hello demo", "stream": True})
+    assert status == 200
+    events = sse_events(raw)
+    names = [name for name, _ in events]
+    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert names[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    datas = [json.loads(data) for _, data in events]
+    assert [data["type"] for data in datas] == names
+    assert [data["sequence_number"] for data in datas] == list(range(len(datas)))
+    deltas = [data["delta"] for data in datas if data["type"] == "response.output_text.delta"]
+    completed = datas[-1]["response"]
+    assert "".join(deltas) == completed["output"][0]["content"][0]["text"] == answer.output_text
+    assert len(deltas) == len(answer.output_text.split())  # word by word
+    assert completed["status"] == "completed" and completed["usage"]["output_tokens"] == len(deltas)
+    streamed = client.responses.create(model="m", input="Hello demo", stream=True)
+    assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == answer.output_text
+
+    vectors = client.embeddings.create(model="e", input=["a", "b", "a"])
+    assert [len(item.embedding) for item in vectors.data] == [8, 8, 8]
+    assert vectors.data[0].embedding == vectors.data[2].embedding != vectors.data[1].embedding
+    assert abs(sum(x * x for x in vectors.data[0].embedding) - 1) < 1e-4
+    assert vectors.usage.prompt_tokens == 3
+    packed = client.embeddings.create(model="e", input="a", encoding_format="base64", dimensions=4)
+    wide = client.embeddings.create(model="e", input="a", dimensions=40)
+    assert isinstance(packed.data[0].embedding, str)  # as sent: base64 of float32
+    assert len(wide.data[0].embedding) == 40
+
+    text = client.completions.create(model="c", prompt="Once upon")
+    assert text.object == "text_completion" and 'You said: "Once upon"' in text.choices[0].text
+    assert client.completions.create(model="c", prompt=["a", "yes or no?"]).choices[1].text == "Yes."
+    chunks = list(client.completions.create(model="c", prompt="Once upon", stream=True,
+                                            stream_options={"include_usage": True}))
+    pieces = [chunk.choices[0].text for chunk in chunks if chunk.choices]
+    assert "".join(pieces) == text.choices[0].text and len(pieces) == len(text.choices[0].text.split()) + 1
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(pieces) - 1
+    client.close()
+
+    status, raw = post(demo_upstream + "/completions", {"prompt": "x", "stream": True})
+    assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/responses", b"not json", "JSON object"),
+        ("/responses", {"input": 3}, "input"),
+        ("/embeddings", {"input": []}, "input"),
+        ("/embeddings", {"input": ["a", ""]}, "input"),
+        ("/embeddings", {"input": [1, 2]}, "token arrays"),
+        ("/embeddings", {"input": "a", "dimensions": 0}, "dimensions"),
+        ("/embeddings", {"input": "a", "encoding_format": "hex"}, "encoding_format"),
+        ("/completions", [1], "prompt"),
+        ("/completions", {"prompt": [1, 2]}, "prompt"),
+    ],
+)
+def test_the_demo_upstream_refuses_bad_bodies_in_openais_shape(demo_upstream: str, path: str, body: object,
+                                                                message: str) -> None:
+    status, raw = post(demo_upstream + path, body)
+    assert status == 400
+    error = json.loads(raw)["error"]
+    assert error["type"] == "invalid_request_error" and message in error["message"]

@@ -88,6 +88,35 @@ def test_failed_cells_are_counted(spawn_node: Any, upstream: Any, prompts: Path)
     assert "3 cells are errors" in done.stderr
 
 
+def test_fail_on_errors_exits_1_after_writing_the_whole_csv(spawn_node: Any, upstream: Any, prompts: Path,
+                                                            tmp_path: Path) -> None:
+    upstream.set_behavior("broken", Behavior(status=400, error_message="no such model"))
+    node = spawn_node()
+    output = tmp_path / "result.csv"
+    failed = run_client(str(prompts), "--models", "openai/ok", "openai/broken", "--url", node.url, "--output",
+                        str(output), "--fail-on-errors")
+    assert failed.returncode == 1
+    rows = parse(output.read_bytes().decode())
+    assert len(rows) == 4 and all(row[3].startswith("error: ") for row in rows[1:])  # written in full first
+    assert "3 cells are errors" in failed.stderr
+    assert "eval_client: 3 cells are errors (--fail-on-errors)" in failed.stderr
+
+    quiet = run_client(str(prompts), "--models", "openai/broken", "--url", node.url, "--quiet", "--fail-on-errors")
+    assert quiet.returncode == 1
+    assert len(parse(quiet.stdout)) == 4
+    assert quiet.stderr == "eval_client: 3 cells are errors (--fail-on-errors)\n"
+
+    clean = run_client(str(prompts), "--models", "openai/ok", "--url", node.url, "--quiet", "--fail-on-errors")
+    assert clean.returncode == 0, clean.stderr
+    assert all(row[2] == "hello from mock" for row in parse(clean.stdout)[1:])
+
+
+def test_help_names_fail_on_errors() -> None:
+    done = run_client("--help")
+    assert done.returncode == 0
+    assert "--fail-on-errors" in done.stdout and "exit 1" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("csv_text", "models", "message"),
     [

@@ -2,8 +2,9 @@
 
 Starts two processes and stops them together:
 
-1. the demo upstream (``tools/demo_upstream.py``, a canned OpenAI-compatible
-   provider that streams its reply word by word), on a free loopback port;
+1. the demo upstream (``tools/demo_upstream.py``, a canned OpenAI- and
+   Anthropic-compatible provider that streams its reply word by word: chat,
+   responses, embeddings, completions, messages), on a free loopback port;
 2. the node (``python server.py``), with every provider's base URL pointed at
    the demo upstream and a dummy key, on ``--port`` (default: $PORT, else 8000;
    0 picks a free port). Its settings come from here only, named through
@@ -11,10 +12,18 @@ Starts two processes and stops them together:
    any ``.env`` file are not read, so nothing leaves the machine.
 
 Once the node logs ``listening on HOST:PORT`` and ``GET /health`` answers, it
-prints the node's URL, both PIDs and commands to try (curl and the OpenAI SDK:
-chat, streamed chat, /v1/verify, /v1/eval; the Anthropic SDK and Claude Code
-through /v1/messages, with an alias file the demo writes to a temporary folder
-and removes when it stops). The processes' logs go to stderr.
+prints the node's URL, both PIDs, its scratch folder (a temporary folder,
+removed when the demo stops: the node's alias file, the eval client's CSV)
+and commands to try, each of which runs as printed in another terminal from
+the repository root: curl (``-f``, so a failure exits non-zero) for chat,
+streamed chat, /v1/verify, /v1/eval, /metrics, /v1/responses, /v1/embeddings,
+streamed /v1/completions and /v1/messages; the eval client
+(``.venv/bin/python -m tools.eval_client``, its CSV written to the scratch
+folder, a system prompt, ``--fail-on-errors``); heredocs for the OpenAI SDK
+(chat, streams, responses, embeddings, completions) and the Anthropic SDK run
+by ``.venv/bin/python``, the venv ``make demo`` builds; Claude Code's command
+line. tests/test_demo_commands.py runs every one of them but Claude Code's.
+The processes' logs go to stderr.
 
 Ctrl-C or SIGTERM stops the node (it drains) and then the upstream, each by
 its PID with a bounded wait and SIGKILL as the last resort; so does either
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -61,6 +71,10 @@ POLL = 0.2
 # The demo's MODEL_ALIASES_FILE: Claude model names as Claude Code sends them, sent to the demo's models (every
 # other bare name goes to anthropic/, the demo's DEFAULT_PROVIDER).
 DEMO_ALIASES = {"claude-sonnet-4-6": "anthropic/claude-sonnet-4-6", "claude-haiku-4-5": "groq/llama-3.1-8b-instant"}
+ALIASES_NAME = "aliases.json"
+# The lines around the banner's commands (see banner()).
+COMMANDS_START = "Try these in another terminal, from the repository root (each runs as printed; Python is .venv's):"
+COMMANDS_END = "Ctrl-C stops both (and removes the scratch folder)."
 PASSED_ON = tuple(name for name in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
                   if name not in ENV_VARIABLES)
 
@@ -93,8 +107,8 @@ class Demo:
         self.stop_requested = threading.Event()  # a signal, or a child's output ended
         self.signal_name = ""
         self.stopping = False
-        self.scratch = tempfile.mkdtemp(prefix="mira-demo-")  # the alias file; removed at shutdown
-        self.aliases_file = os.path.join(self.scratch, "aliases.json")
+        self.scratch = tempfile.mkdtemp(prefix="mira-demo-")  # the alias file, the eval's CSV; removed at shutdown
+        self.aliases_file = os.path.join(self.scratch, ALIASES_NAME)
         with open(self.aliases_file, "w") as out:
             json.dump(DEMO_ALIASES, out, indent=2)
 
@@ -170,7 +184,7 @@ class Demo:
         if self.stop_requested.is_set():
             return self.shutdown(0)
         print(banner(local_host(self.args.host), port, upstream_url, self.children, self.args.words_per_second,
-                     self.aliases_file), flush=True)
+                     self.scratch), flush=True)
         while not self.stop_requested.wait(POLL * 2):
             if not all(child.alive(EXIT_GRACE) for child in self.children):
                 break
@@ -221,11 +235,21 @@ def wait_healthy(url: str, timeout: float, abort: threading.Event) -> bool:
 
 
 def banner(
-    host: str, port: int, upstream_url: str, children: list[ChildProcess], words_per_second: float, aliases_file: str
+    host: str, port: int, upstream_url: str, children: list[ChildProcess], words_per_second: float, scratch: str
 ) -> str:
-    """What to try, with the real port in every line."""
+    """What to try, with the real port in every line.
+
+    Between ``COMMANDS_START`` and ``COMMANDS_END`` every line is blank, a ``#``
+    comment or part of a shell command that runs as printed from the
+    repository root (Python through ``.venv/bin/python``, as ``make demo``
+    builds it; files only in ``scratch``): a ``curl`` line (continued by a
+    trailing backslash), a ``.venv/bin/python - <<'EOF'`` heredoc up to its
+    ``EOF`` line, or a single line. tests/test_demo_commands.py runs them all.
+    """
     url = f"http://{host}:{port}"
     pids = {child.name: child.pid for child in children}
+    aliases_file = os.path.join(scratch, ALIASES_NAME)
+    prompts = shlex.quote(os.path.join(scratch, "prompts.csv"))
     json_hdr = "-H 'Content-Type: application/json'"
     hello = '"messages": [{"role": "user", "content": "Hello"}]'
     statement = '"messages": [{"role": "user", "content": "Paris is the capital of France."}]'
@@ -235,50 +259,75 @@ def banner(
 Mira demo is ready: every provider (openai/, openrouter/, anthropic/, groq/, mira/) answers from the demo upstream.
   node:      {url}  (pid {pids["node"]})
   upstream:  {upstream_url}  (pid {pids["upstream"]}, {words_per_second:g} words/s)
+  scratch:   {scratch}  (the alias file and the eval's CSV; removed when the demo stops)
 
-Chat (JSON):
-  curl -s {url}/v1/chat/completions {json_hdr} \\
-    -d '{{"model": "openai/gpt-4o-mini", {hello}}}'
-Chat (streamed, word by word):
-  curl -sN {url}/v1/chat/completions {json_hdr} \\
-    -d '{{"model": "groq/llama-3.1-8b-instant", "stream": true, {hello}}}'
-Verify a statement:
-  curl -s {url}/v1/verify {json_hdr} \\
-    -d '{{"model": "openai/gpt-4o-mini", {statement}}}'
-Eval a CSV across two models (the answer streams back as CSV):
-  curl -sN {url}/v1/eval {json_hdr} \\
-    -d '{{"csv": {csv_text}, "models": {models}, "eval_system_prompt": "Answer yes or no."}}'
-  or, with a progress bar:
-  printf 'question\\nIs Paris in France?\\nIs the sea dry?\\n' > prompts.csv
-  python -m tools.eval_client prompts.csv --models openai/gpt-4o-mini groq/llama-3.1-8b-instant --url {url}
-Metrics:
-  curl -s {url}/metrics | grep ^mira_
+{COMMANDS_START}
 
-With the OpenAI SDK (python):
-  from openai import OpenAI
-  client = OpenAI(base_url="{url}/v1", api_key="unused")
-  hello = [{{"role": "user", "content": "Hello"}}]
-  print(client.chat.completions.create(model="openai/gpt-4o-mini", messages=hello).choices[0].message.content)
-  for chunk in client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=hello, stream=True):
-      print(chunk.choices[0].delta.content or "", end="", flush=True)
+# Chat (JSON):
+curl -sf {url}/v1/chat/completions {json_hdr} \\
+  -d '{{"model": "openai/gpt-4o-mini", {hello}}}'
+# Chat (streamed, word by word):
+curl -sfN {url}/v1/chat/completions {json_hdr} \\
+  -d '{{"model": "groq/llama-3.1-8b-instant", "stream": true, {hello}}}'
+# Verify a statement:
+curl -sf {url}/v1/verify {json_hdr} \\
+  -d '{{"model": "openai/gpt-4o-mini", {statement}}}'
+# Eval a CSV across two models (the answer streams back as CSV):
+curl -sfN {url}/v1/eval {json_hdr} \\
+  -d '{{"csv": {csv_text}, "models": {models}, "eval_system_prompt": "Answer yes or no."}}'
+# The same with a progress bar (tools/eval_client.py), the CSV in the demo's scratch folder:
+printf 'question\\nIs Paris in France?\\nIs the sea dry?\\n' > {prompts}
+.venv/bin/python -m tools.eval_client {prompts} --models openai/gpt-4o-mini groq/llama-3.1-8b-instant \\
+  --url {url} --system-prompt 'Answer yes or no.' --fail-on-errors
+# Metrics:
+curl -sf {url}/metrics | grep ^mira_
 
-Anthropic's Messages API (relayed to anthropic/, translated for any other provider):
-  curl -s {url}/v1/messages {json_hdr} \
-    -d '{{"model": "claude-haiku-4-5", "max_tokens": 200, {hello}}}'
-With the Anthropic SDK (python):
-  import anthropic
-  client = anthropic.Anthropic(base_url="{url}", api_key="unused")
-  hello = [{{"role": "user", "content": "Hello"}}]
-  print(client.messages.create(model="claude-sonnet-4-6", max_tokens=200, messages=hello).content[0].text)
-  with client.messages.stream(model="claude-haiku-4-5", max_tokens=200, messages=hello) as stream:
-      for text in stream.text_stream:
-          print(text, end="", flush=True)
-With Claude Code (npm install -g @anthropic-ai/claude-code), in another terminal:
-  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
-  The node's alias file {aliases_file} sends claude-haiku-4-5 to groq/llama-3.1-8b-instant
-  and claude-sonnet-4-6 to anthropic/claude-sonnet-4-6; any other Claude name goes to anthropic/ (DEFAULT_PROVIDER).
+# The rest of the OpenAI surface: the Responses API, embeddings, text completions (streamed):
+curl -sf {url}/v1/responses {json_hdr} \\
+  -d '{{"model": "openai/gpt-4.1-mini", "input": "Hello"}}'
+curl -sf {url}/v1/embeddings {json_hdr} \\
+  -d '{{"model": "openai/text-embedding-3-small", "input": ["a", "b"]}}'
+curl -sfN {url}/v1/completions {json_hdr} \\
+  -d '{{"model": "openai/gpt-3.5-turbo-instruct", "prompt": "Once upon", "stream": true}}'
 
-Ctrl-C stops both.
+# With the OpenAI SDK: chat, streamed chat, a streamed response, embeddings, a text completion:
+.venv/bin/python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="unused")
+hello = [{{"role": "user", "content": "Hello"}}]
+print(client.chat.completions.create(model="openai/gpt-4o-mini", messages=hello).choices[0].message.content)
+for chunk in client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=hello, stream=True):
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()
+for event in client.responses.create(model="openai/gpt-4.1-mini", input="Hello", stream=True):
+    if event.type == "response.output_text.delta":
+        print(event.delta, end="", flush=True)
+print()
+vectors = client.embeddings.create(model="openai/text-embedding-3-small", input=["a", "b"]).data
+print(len(vectors), "vectors of", len(vectors[0].embedding), "numbers")
+print(client.completions.create(model="openai/gpt-3.5-turbo-instruct", prompt="Once upon").choices[0].text)
+EOF
+
+# Anthropic's Messages API (relayed to anthropic/, translated for any other provider):
+curl -sf {url}/v1/messages {json_hdr} \\
+  -d '{{"model": "claude-haiku-4-5", "max_tokens": 200, {hello}}}'
+# With the Anthropic SDK:
+.venv/bin/python - <<'EOF'
+import anthropic
+client = anthropic.Anthropic(base_url="{url}", api_key="unused")
+hello = [{{"role": "user", "content": "Hello"}}]
+print(client.messages.create(model="claude-sonnet-4-6", max_tokens=200, messages=hello).content[0].text)
+with client.messages.stream(model="claude-haiku-4-5", max_tokens=200, messages=hello) as stream:
+    for text in stream.text_stream:
+        print(text, end="", flush=True)
+print()
+EOF
+# With Claude Code (npm install -g @anthropic-ai/claude-code):
+ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
+# The node's alias file {aliases_file} sends claude-haiku-4-5 to groq/llama-3.1-8b-instant
+# and claude-sonnet-4-6 to anthropic/claude-sonnet-4-6; any other Claude name goes to anthropic/ (DEFAULT_PROVIDER).
+
+{COMMANDS_END}
 """
 
 

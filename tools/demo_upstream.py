@@ -32,6 +32,34 @@ and no network:
   ``anthropic-version`` headers are not checked.
 * ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, N the words of
   the request's ``system`` and messages.
+* ``POST /v1/responses`` (OpenAI's Responses API): ``instructions`` and
+  ``input`` (a string, or message items whose content is a string or text
+  parts) read as a chat conversation and answered with the same text: a
+  ``response`` whose ``output`` is one assistant ``message`` with one
+  ``output_text`` part, and ``usage`` (``input_tokens``, ``output_tokens``).
+  With ``"stream": true``, named events: ``response.created``,
+  ``response.in_progress``, ``response.output_item.added``,
+  ``response.content_part.added``, a ``response.output_text.delta`` per word
+  at the chat pace, ``response.output_text.done``,
+  ``response.content_part.done``, ``response.output_item.done`` and
+  ``response.completed`` (the whole response, with usage). ``tools`` are not
+  called.
+* ``POST /v1/embeddings``: one vector per input string, the same for the same
+  text (from SHA-256 of it, scaled to length 1); 8 numbers, or ``dimensions``
+  (up to 4096); ``encoding_format`` ``float`` (default) or ``base64``
+  (little-endian float32, as OpenAI sends it); ``usage`` counts words.
+* ``POST /v1/completions`` (legacy text completions): a ``text_completion``
+  with one choice per prompt string, each answered as a user message would
+  be in chat; with ``"stream": true``, ``text_completion`` chunks a word at a
+  time at the chat pace, a last chunk per choice with ``finish_reason``, the
+  usage chunk when ``stream_options.include_usage`` is set, ``data: [DONE]``.
+* Errors on the OpenAI routes are OpenAI-shaped
+  (``{"error": {"message", "type", "param", "code"}}``): a body that is not a
+  JSON object with ``messages`` (chat), with a string or an array ``input``
+  (responses), with a non-empty string or array of non-empty strings
+  ``input`` (embeddings; token arrays are not read) or with a string or
+  array of strings ``prompt`` (completions), or a bad ``dimensions`` or
+  ``encoding_format``, is a 400.
 * ``GET /v1/models``: the demo's model; anything else is an OpenAI-shaped 404.
 
 Run: ``python tools/demo_upstream.py [--port 0] [--words-per-second 20]``. It
@@ -43,10 +71,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
+import math
+import struct
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +99,8 @@ MODEL_ID = "demo-model"
 VERIFY_TOOL = "verify_statement"
 VERIFY_ARGUMENTS = {"is_correct": True, "reason": "The demo upstream accepts every statement: no real model was asked."}
 QUOTE_LIMIT = 200
+EMBEDDING_DIMENSIONS = 8
+MAX_EMBEDDING_DIMENSIONS = 4096
 PARENT_CHECK_SECONDS = 1.0
 
 _ids = itertools.count(1)
@@ -209,6 +244,126 @@ def messages_problem(body: Any) -> str | None:
     return None
 
 
+# -- the rest of the OpenAI surface: responses, embeddings, completions -----------------------
+
+
+def responses_problem(body: Any) -> str | None:
+    """What makes ``body`` an invalid Responses request, or None when it is fine."""
+    if not isinstance(body, dict):
+        return "The body must be a JSON object"
+    if not isinstance(body.get("input"), (str, list)):
+        return "input: a string or an array of input items is required"
+    return None
+
+
+def responses_conversation(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request's ``instructions`` and ``input`` as chat messages with string content.
+
+    A string ``input`` is one user message; an array's items with a ``role``
+    are messages (content a string or text parts, as :func:`_text_of` reads
+    them); other items (tool outputs, reasoning) are skipped.
+    """
+    said: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        said.append({"role": "system", "content": instructions})
+    given = body["input"]
+    if isinstance(given, str):
+        return [*said, {"role": "user", "content": given}]
+    for item in given:
+        if isinstance(item, dict) and isinstance(item.get("role"), str):
+            said.append({"role": item["role"], "content": _text_of(item)})
+    return said
+
+
+def response_object(
+    number: int, body: dict[str, Any], text: str, status: str, counts: dict[str, int] | None
+) -> dict[str, Any]:
+    """A Responses ``response``: one assistant message with one ``output_text`` part (none while ``text`` is None)."""
+    message: dict[str, Any] = {
+        "type": "message",
+        "id": f"msg_demo_{number}",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+    usage_block = None
+    if counts is not None:
+        usage_block = {
+            "input_tokens": counts["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": counts["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": counts["total_tokens"],
+        }
+    instructions = body.get("instructions")
+    return {
+        "id": f"resp_demo_{number}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": instructions if isinstance(instructions, str) else None,
+        "model": body.get("model") or MODEL_ID,
+        "output": [message] if status == "completed" else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "text": {"format": {"type": "text"}},
+        "usage": usage_block,
+        "metadata": {},
+    }
+
+
+def embeddings_problem(body: Any) -> str | None:
+    """What makes ``body`` an invalid embeddings request, or None when it is fine."""
+    if not isinstance(body, dict):
+        return "The body must be a JSON object"
+    given = body.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):
+        return "input: a non-empty string or a non-empty array of non-empty strings is required (token arrays are not read here)"
+    dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+    if type(dimensions) is not int or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS:
+        return f"dimensions: an integer from 1 to {MAX_EMBEDDING_DIMENSIONS} is required"
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        return "encoding_format: 'float' or 'base64' is required"
+    return None
+
+
+def embedding(text: str, dimensions: int) -> list[float]:
+    """A vector of length 1 made from SHA-256 of ``text``: the same text always gets the same vector."""
+    values: list[float] = []
+    block = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        values.extend(byte / 127.5 - 1.0 for byte in digest)
+        block += 1
+    del values[dimensions:]
+    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    return [round(value / norm, 6) for value in values]
+
+
+def encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    """``vector`` as ``encoding_format`` asks: the list, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def completion_prompts(body: Any) -> list[str] | None:
+    """The prompt strings of a completions request (one choice each), or None when ``body`` is not one."""
+    if not isinstance(body, dict):
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(text, str) for text in prompt):
+        return prompt
+    return None
+
+
 class JsonHandler(tornado.web.RequestHandler):
     """A handler of JSON requests and answers."""
 
@@ -226,7 +381,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
 
 class PacedHandler(JsonHandler):
-    """What the chat and Messages handlers share: the stream's pace, noticing the client leave."""
+    """What the streaming handlers share: the stream's pace, noticing the client leave."""
 
     def initialize(self, words_per_second: float) -> None:
         self.interval = 1.0 / words_per_second if words_per_second > 0 else 0.0
@@ -248,12 +403,36 @@ class PacedHandler(JsonHandler):
             return False
         return True
 
+    async def paced(self, text: str) -> AsyncIterator[str]:
+        """The words of ``text`` (see :func:`words`), each after a pause at the configured pace; none once the client left."""
+        for piece in words(text):
+            if self.interval and await self.client_left(self.interval):
+                return
+            yield piece
 
-class ChatHandler(PacedHandler):
-    """``POST /v1/chat/completions``: JSON or SSE."""
+
+class OpenAIHandler(PacedHandler):
+    """What the OpenAI routes share: OpenAI-shaped errors and ``data:`` events."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.send_json(status_code, error_body(self._reason, status_code))
+
+    def refuse(self, message: str) -> None:
+        """A 400 with an OpenAI-shaped error."""
+        self.send_json(400, error_body(message, 400))
+
+    async def event(self, data: dict[str, Any]) -> None:
+        self.write(f"data: {json.dumps(data)}\n\n")
+        await self.flush()
+
+    def done(self) -> None:
+        """The end of an OpenAI stream: ``data: [DONE]``."""
+        self.write("data: [DONE]\n\n")
+        self.finish()
+
+
+class ChatHandler(OpenAIHandler):
+    """``POST /v1/chat/completions``: JSON or SSE."""
 
     async def post(self) -> None:
         body = self.json_body()
@@ -306,17 +485,12 @@ class ChatHandler(PacedHandler):
         await self.event(self.chunk(base, {}, finish))
         if counts is not None:
             await self.event({**base, "object": "chat.completion.chunk", "choices": [], "usage": counts})
-        self.write("data: [DONE]\n\n")
-        self.finish()
+        self.done()
 
     @staticmethod
     def chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return {**base, "object": "chat.completion.chunk", "choices": [choice]}
-
-    async def event(self, data: dict[str, Any]) -> None:
-        self.write(f"data: {json.dumps(data)}\n\n")
-        await self.flush()
 
 
 class MessagesHandler(PacedHandler):
@@ -416,6 +590,127 @@ class CountTokensHandler(JsonHandler):
         self.send_json(200, {"input_tokens": usage(conversation(body), "")["prompt_tokens"]})
 
 
+class ResponsesHandler(OpenAIHandler):
+    """``POST /v1/responses``: OpenAI's Responses API, JSON or SSE with named events."""
+
+    async def post(self) -> None:
+        body = self.json_body()
+        problem = responses_problem(body)
+        if problem:
+            self.refuse(problem)
+            return
+        number = next(_ids)
+        said = responses_conversation(body)
+        text = reply_text(said)
+        counts = usage(said, text)
+        if body.get("stream") is True:
+            try:
+                await self.stream(number, body, text, counts)
+            except tornado.iostream.StreamClosedError:
+                pass
+            return
+        self.send_json(200, response_object(number, body, text, "completed", counts))
+
+    async def stream(self, number: int, body: dict[str, Any], text: str, counts: dict[str, int]) -> None:
+        """The Responses events around one message: a ``response.output_text.delta`` per word, at the configured pace."""
+        self.start_stream()
+        self.sequence = 0
+        started = response_object(number, body, "", "in_progress", None)
+        await self.named("response.created", {"response": started})
+        await self.named("response.in_progress", {"response": started})
+        whole = response_object(number, body, text, "completed", counts)
+        message = whole["output"][0]
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": message["id"], "output_index": 0}
+        await self.named("response.output_item.added",
+                         {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}})
+        await self.named("response.content_part.added", {**where, "content_index": 0, "part": part})
+        async for piece in self.paced(text):
+            await self.named("response.output_text.delta", {**where, "content_index": 0, "delta": piece, "logprobs": []})
+        if self.gone.is_set():
+            return
+        await self.named("response.output_text.done", {**where, "content_index": 0, "text": text, "logprobs": []})
+        await self.named("response.content_part.done", {**where, "content_index": 0, "part": {**part, "text": text}})
+        await self.named("response.output_item.done", {"output_index": 0, "item": message})
+        await self.named("response.completed", {"response": whole})
+        self.finish()
+
+    async def named(self, name: str, data: dict[str, Any]) -> None:
+        """An ``event:`` line and its data (with ``type`` and the stream's ``sequence_number``)."""
+        data = {"type": name, "sequence_number": self.sequence, **data}
+        self.sequence += 1
+        self.write(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        await self.flush()
+
+
+class EmbeddingsHandler(OpenAIHandler):
+    """``POST /v1/embeddings``: a deterministic vector per input string."""
+
+    def post(self) -> None:
+        body = self.json_body()
+        problem = embeddings_problem(body)
+        if problem:
+            self.refuse(problem)
+            return
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        encoding_format = body.get("encoding_format", "float")
+        data = [
+            {"object": "embedding", "index": index, "embedding": encoded(embedding(text, dimensions), encoding_format)}
+            for index, text in enumerate(texts)
+        ]
+        tokens = sum(len(text.split()) for text in texts)
+        self.send_json(200, {"object": "list", "data": data, "model": body.get("model") or MODEL_ID,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+class CompletionsHandler(OpenAIHandler):
+    """``POST /v1/completions``: legacy text completions, JSON or SSE."""
+
+    async def post(self) -> None:
+        body = self.json_body()
+        prompts = completion_prompts(body)
+        if prompts is None:
+            self.refuse("The body must be a JSON object with a 'prompt' string or array of strings")
+            return
+        base = {
+            "id": f"cmpl-demo-{next(_ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model") or MODEL_ID,
+        }
+        asked = [{"role": "user", "content": prompt} for prompt in prompts]
+        texts = [reply_text([message]) for message in asked]
+        counts = usage(asked, " ".join(texts))
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            try:
+                await self.stream(base, texts, counts if with_usage else None)
+            except tornado.iostream.StreamClosedError:
+                pass
+            return
+        choices = [self.choice(index, text, "stop") for index, text in enumerate(texts)]
+        self.send_json(200, {**base, "choices": choices, "usage": counts})
+
+    async def stream(self, base: dict[str, Any], texts: list[str], counts: dict[str, int] | None) -> None:
+        """SSE: each choice's words in turn at the configured pace, its last chunk, the usage chunk, ``[DONE]``."""
+        self.start_stream()
+        for index, text in enumerate(texts):
+            async for piece in self.paced(text):
+                await self.event({**base, "choices": [self.choice(index, piece, None)]})
+            if self.gone.is_set():
+                return
+            await self.event({**base, "choices": [self.choice(index, "", "stop")]})
+        if counts is not None:
+            await self.event({**base, "choices": [], "usage": counts})
+        self.done()
+
+    @staticmethod
+    def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+
 class ModelsHandler(tornado.web.RequestHandler):
     """``GET /v1/models``: the demo's one model."""
 
@@ -441,6 +736,9 @@ def make_app(words_per_second: float) -> tornado.web.Application:
             (r"/(?:v1/)?messages", MessagesHandler, {"words_per_second": words_per_second}),
             (r"/(?:v1/)?messages/count_tokens", CountTokensHandler),
             (r"/(?:v1/)?models", ModelsHandler),
+            (r"/(?:v1/)?responses", ResponsesHandler, {"words_per_second": words_per_second}),
+            (r"/(?:v1/)?embeddings", EmbeddingsHandler, {"words_per_second": words_per_second}),
+            (r"/(?:v1/)?completions", CompletionsHandler, {"words_per_second": words_per_second}),
         ],
         default_handler_class=NotFoundHandler,
     )

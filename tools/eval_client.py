@@ -1,7 +1,8 @@
 """Run a CSV of prompts through a node's ``POST /v1/eval`` and show the progress.
 
-    python -m tools.eval_client prompts.csv --models openai/gpt-4o groq/llama-3.1-8b-instant \\
-        [--url http://localhost:8000] [--system-prompt TEXT] [--output result.csv] [--api-key KEY]
+    .venv/bin/python -m tools.eval_client prompts.csv --models openai/gpt-4o groq/llama-3.1-8b-instant \\
+        [--url http://localhost:8000] [--system-prompt TEXT] [--output result.csv] [--api-key KEY] \\
+        [--fail-on-errors]
 
 The node answers with the result CSV as a chunked stream: the header at once
 (the input header plus one column per model), then the rows in input order as
@@ -11,9 +12,14 @@ stderr (rows done of the input's data rows, rate, ETA). Cells may hold quoted
 newlines, so rows are counted as complete CSV records, not lines.
 
 ``--api-key`` defaults to $SERVICE_API_KEY (the node's own key, when it has
-one). Exit codes: 0 done; 1 the node answered an error (its message is
-printed), could not be reached, or cut the stream short; 2 a usage error (a
-missing or unreadable file, a bad URL).
+one). ``--fail-on-errors``: a run whose result has any ``error: ...`` cell
+(a model call that failed) still writes the whole CSV, then exits 1 (for
+scripts and CI). Exit codes: 0 done; 1 the node answered an error (its
+message is printed), could not be reached, or cut the stream short, or, with
+``--fail-on-errors``, a cell is an error; 2 a usage error (a missing or
+unreadable file, a bad URL, or a Python without tqdm). The progress bar is
+tqdm (requirements-dev.txt): run it with the venv's Python
+(``.venv/bin/python``, which ``make install`` builds).
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError as missing:  # a Python without the dev requirements (the system one, say): a usage error
+    print(f"eval_client: the {missing.name} package is missing: run .venv/bin/python -m tools.eval_client "
+          "(make install builds .venv from requirements-dev.txt)", file=sys.stderr)
+    raise SystemExit(2) from None
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://localhost:8000"
@@ -287,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
         note = f"; {progress.errors} cells are errors" if progress.errors else ""
         print(f"eval: {progress.rows} rows x {len(args.models)} models written to {where} in "
               f"{time.monotonic() - started:.1f}s{note}", file=sys.stderr)
+    if args.fail_on_errors and progress.errors:
+        raise ClientError(f"{progress.errors} cells are errors (--fail-on-errors)")
     return EXIT_OK
 
 
@@ -302,6 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds the node may stay silent (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary line")
+    parser.add_argument("--fail-on-errors", action="store_true",
+                        help="exit 1 when any result cell is an 'error: ...' cell (the CSV is written in full first)")
     return parser.parse_args(argv)
 
 
