@@ -1,7 +1,10 @@
 """The Mira service node: builds the Tornado app, serves it, drains on SIGTERM.
 
 Run it with ``python server.py`` (or ``make run``). Settings come from the
-environment and ``.env`` (see ``config.py``).
+environment and ``.env`` (see ``config.py``). ``python server.py --version``
+prints VERSION; ``python server.py --check-config`` (``make check-config``)
+reads and checks the settings and files as start-up does, prints them, and
+exits without listening or calling anything.
 """
 
 from __future__ import annotations
@@ -22,20 +25,29 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from config import PROVIDERS, ConfigError, Settings, load_settings
+from config import (
+    ConfigError,
+    EnvFile,
+    Settings,
+    effective_settings,
+    load_settings,
+    read_env_file,
+    read_setting,
+    setting_typos,
+)
 from handlers import eval as evaluation
-from handlers import health, messages, meta, proxy, verify
+from handlers import health, messages, meta, proxy, status, verify
 from handlers.base import NotFoundHandler
 from utils import metrics
 from utils.context import NodeContext
 from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
-from utils.redact import PROCESS_REDACTOR
+from utils.redact import PROCESS_REDACTOR, escape_control
 from utils.router_client import RouterClient, RouterError, RouterStatus, token_source
 
 log = logging.getLogger("mira.server")
 
-ROUTE_MODULES = (health, proxy, messages, meta, verify, evaluation)
+ROUTE_MODULES = (health, proxy, messages, meta, verify, evaluation, status)
 CUT_GRACE = 2.0  # seconds for requests cut at the end of the drain to send their last words
 READ_CHUNK = 16 * 1024  # bytes per socket read of a client connection (Tornado's chunk_size)
 
@@ -149,7 +161,7 @@ class Node:
 
 
 def start_line(settings: Settings, pid_note: str = "") -> str:
-    configured = [name for name, p in settings.providers.items() if p.api_key or PROVIDERS[name].keyless]
+    configured = [name for name, p in settings.providers.items() if p.configured]
     token_note = f", {token_source(settings)}" if settings.router_base_url else ""
     return (
         f"Mira service node {settings.version} listening on {settings.host}:{settings.port}"
@@ -341,10 +353,64 @@ def raise_fd_limit() -> None:
         pass
 
 
-def main() -> int:
+USAGE = """usage: python server.py [--version | --check-config]
+  (no argument)   run the node (settings from the environment and ENV_FILE, default .env)
+  --version       print VERSION (what /health reports) and exit
+  --check-config  read and check every setting and file as start-up does, print the effective settings
+                  (secrets masked) and the names that look like settings but are not; exit 0, or 2 on a bad
+                  setting. Listens on no port, calls no router, provider or Redis."""
+
+
+def read_configuration() -> tuple[Settings, EnvFile, list[str]]:
+    """Start-up's reading of the configuration: the settings, checked (ConfigError when one is bad), the
+    ``.env`` file they were read from, and a warning line for each name of that file or of the environment
+    that looks like a setting but is not one (config.setting_typos)."""
+    settings = load_settings()
+    env_file = read_env_file()
+    return settings, env_file, setting_typos(os.environ, env_file.values, env_file.name or ".env")
+
+
+def print_version() -> int:
+    """``--version``: VERSION as start-up reads it (the environment, then ENV_FILE's file)."""
+    try:
+        version = read_setting("VERSION")
+    except ConfigError as exc:
+        config_error(f"configuration error: {exc}")
+        return 2
+    print(escape_control(version))
+    return 0
+
+
+def check_config() -> int:
+    """``--check-config``: every setting and file read and checked as start-up does; nothing listened on or called.
+
+    Prints ``NAME=value (source)`` for each setting (secrets masked), then the warnings about names that are
+    not settings; exit 0. A bad setting: start-up's message, exit 2.
+    """
+    try:
+        settings, env_file, typos = read_configuration()
+    except ConfigError as exc:
+        config_error(f"configuration error: {exc}")
+        return 2
+    for line in effective_settings(settings, env_file, os.environ):
+        print(escape_control(line))
+    for line in typos:
+        print(escape_control(f"warning: {line}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:
+        return print_version()
+    if args == ["--check-config"]:
+        return check_config()
+    if args:
+        print(USAGE, file=sys.stderr)
+        return 2
     raise_fd_limit()
     try:
-        settings = load_settings()
+        settings, _, typos = read_configuration()
     except ConfigError as exc:
         config_error(f"configuration error: {exc}")
         return 2
@@ -352,6 +418,8 @@ def main() -> int:
     for secret in settings.secrets():
         PROCESS_REDACTOR.add(secret)
     setup_logging(settings.log_level, settings.log_format, PROCESS_REDACTOR)
+    for line in typos:  # before the node listens
+        log.warning("%s", line)
     try:
         if settings.workers > 1:
             reservation = reserve_port(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,14 @@ KEY_COOLING = Gauge(
     "mira_provider_key_cooling", "1 while a key of a provider's pool cools (key: its position)", ["provider", "key"],
     multiprocess_mode="max",
 )
+# The status page's figures across workers (utils/status.py reads them): "livesum" adds up the live workers.
+STREAMS_OPEN = Gauge("mira_streams_open", "Streams being relayed now", multiprocess_mode="livesum")
+NODE_TOKENS_TODAY = Gauge(
+    "mira_node_tokens_today", "Tokens answers reported since 00:00 UTC, by provider (every provider; the node's workers)",
+    ["provider"], multiprocess_mode="livesum",
+)
+STREAM_ENDS = frozenset(("completed", "client_aborted", "upstream_failed", "shutdown"))  # each ends an "opened" stream
+DAY = 86400
 
 
 class _Batch:
@@ -146,9 +155,37 @@ _add = _batch.add
 _observe = _batch.observe
 
 
+class Tally:
+    """This process's streams open and tokens since 00:00 UTC, as plain numbers (read by utils/status.py).
+
+    ``mira_streams_open`` and ``mira_node_tokens_today`` carry the same numbers, for the other workers to read.
+    Whenever a count of today is not 0, a timer is set for the next 00:00 UTC, which sets it back to 0.
+    """
+
+    streams: int
+    day: int  # days since the epoch that ``today`` counts
+    today: dict[str, int]  # provider -> tokens
+    timer: asyncio.TimerHandle | None
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Nothing counted (a forked worker starts so: its parent serves no request)."""
+        self.streams, self.day, self.today, self.timer = 0, -1, {}, None
+
+    def tokens_today(self) -> dict[str, int]:
+        """Tokens by provider since 00:00 UTC (nothing when the last count was on an earlier day)."""
+        return dict(self.today) if self.day == int(time.time() // DAY) else {}
+
+
+tally = Tally()
+
+
 def _after_fork() -> None:
     # What the parent has not applied yet is the parent's; the child's loop has no flush queued.
     _batch.incs, _batch.sets, _batch.observed, _batch.armed = {}, {}, {}, False
+    tally.reset()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -217,6 +254,15 @@ def upstream_retry(provider: str) -> None:
 
 def stream_event(event: str) -> None:
     _add(_child(STREAMS, event).inc, 1)
+    if event == "opened":
+        tally.streams += 1
+        _add(_streams_open_inc, 1)
+    elif event in STREAM_ENDS:
+        tally.streams -= 1
+        _add(_streams_open_inc, -1)
+
+
+_streams_open_inc = STREAMS_OPEN.inc
 
 
 def upstream_ttfb(provider: str, seconds: float) -> None:
@@ -249,6 +295,34 @@ def tokens(provider: str, model: str, prompt: int, completion: int, cache_read: 
         _add(_child(TOKENS, provider, model, "cache_read").inc, cache_read)
     if cache_write:
         _add(_child(TOKENS, provider, model, "cache_write").inc, cache_write)
+    if prompt or completion:
+        _count_today(provider, prompt + completion)
+
+
+def _count_today(provider: str, count: int) -> None:
+    if int(time.time() // DAY) != tally.day:
+        _new_day()
+    value = tally.today[provider] = tally.today.get(provider, 0) + count
+    _batch.set(_child(NODE_TOKENS_TODAY, provider).set, value)
+
+
+def _new_day() -> None:
+    """At 00:00 UTC (and at the first count of a process): the counts of today start from 0 (the timer's callback)."""
+    now = time.time()
+    day = int(now // DAY)
+    if day != tally.day:
+        for provider in tally.today:
+            _batch.set(_child(NODE_TOKENS_TODAY, provider).set, 0)
+        tally.today.clear()
+        tally.day = day
+    if tally.timer is not None:
+        tally.timer.cancel()
+        tally.timer = None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop: the counts are read with their day (Tally.tokens_today)
+        return
+    tally.timer = loop.call_later((day + 1) * DAY - now, _new_day)  # early by the loop clock's drift: set again
 
 
 def limit_refusal(provider: str, limit: str) -> None:
