@@ -36,7 +36,7 @@ HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head")
 # The node's endpoints, as the README lists them (OPTIONS is documented on each of them).
 SPEC_PATHS = {
     "/health", "/v1/models", "/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
-    "/v1/embeddings", "/v1/completions", "/v1/verify", "/v1/eval", "/metrics", "/openapi.json",
+    "/v1/embeddings", "/v1/completions", "/v1/verify", "/v1/eval", "/metrics", "/openapi.json", "/status", "/status.json",
 }
 # The routes of Anthropic's Messages API: Anthropic's error shape, and the service key as x-api-key too.
 MESSAGES_PATHS = {"/v1/messages", "/v1/messages/count_tokens"}
@@ -178,10 +178,10 @@ def test_v1_operations_take_the_optional_bearer_key_and_others_need_none() -> No
     for path, item in DOCUMENT["paths"].items():
         for method, operation in item.items():
             security = operation.get("security", DOCUMENT["security"])
-            if path.startswith("/v1/") and method != "options":
+            if (path.startswith("/v1/") or path == "/status.json") and method != "options":
                 assert {"bearerAuth": []} in security and {} in security, (path, method)
-                # x-api-key is taken on the Messages routes only
-                assert ({"apiKeyAuth": []} in security) == (path in MESSAGES_PATHS), (path, method)
+                # x-api-key is taken on the Messages routes and /v1/models (Anthropic's clients send it) only
+                assert ({"apiKeyAuth": []} in security) == (path in {*MESSAGES_PATHS, "/v1/models"}), (path, method)
             else:
                 assert security == [], (path, method)
 
