@@ -44,6 +44,7 @@ from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
 from utils.redact import PROCESS_REDACTOR, escape_control
 from utils.router_client import RouterClient, RouterError, RouterStatus, token_source
+from utils.upstream.providers import unconfigured_references
 
 log = logging.getLogger("mira.server")
 
@@ -364,10 +365,12 @@ USAGE = """usage: python server.py [--version | --check-config]
 def read_configuration() -> tuple[Settings, EnvFile, list[str]]:
     """Start-up's reading of the configuration: the settings, checked (ConfigError when one is bad), the
     ``.env`` file they were read from, and a warning line for each name of that file or of the environment
-    that looks like a setting but is not one (config.setting_typos)."""
+    that looks like a setting but is not one (config.setting_typos), and for each alias or fallback that names
+    a provider without a key."""
     settings = load_settings()
     env_file = read_env_file()
-    return settings, env_file, setting_typos(os.environ, env_file.values, env_file.name or ".env")
+    warnings = setting_typos(os.environ, env_file.values, env_file.name or ".env") + unconfigured_references(settings)
+    return settings, env_file, warnings
 
 
 def print_version() -> int:
