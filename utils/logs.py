@@ -175,6 +175,28 @@ def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
     logging.captureWarnings(True)
 
 
+_words: dict[tuple[str, int], str] = {}  # outside text -> its access-line word (outside_word)
+_words_made_with: tuple[Redactor, int] | None = None  # the redactor (and its generation) the words were made with
+MAX_WORDS = 4096
+
+
+def outside_word(text: str, limit: int) -> str:
+    """The caller's text (a model name, a session id) as one word of the access line: masked, escaped, cut to
+    ``limit`` characters, spaces as ``_``. Remembered, since the same few values come back on every request
+    (masking costs microseconds); forgotten when the redactor learns a secret, and when there are too many."""
+    global _words_made_with
+    redact = _access_redactor
+    if _words_made_with != (redact, redact.generation):
+        _words.clear()
+        _words_made_with = (redact, redact.generation)
+    word = _words.get((text, limit))
+    if word is None:
+        if len(_words) >= MAX_WORDS:
+            _words.clear()
+        word = _words[(text, limit)] = escape_control(redact(text))[:limit].replace(" ", "_")
+    return word
+
+
 def log_request(handler: Any) -> None:
     """Tornado's ``log_function``: one access line and the request metrics."""
     status = handler.get_status()
@@ -189,8 +211,8 @@ def log_request(handler: Any) -> None:
     if route in ("not_found", "other"):  # a served route's path is the route itself; any other is outside text
         path = escape_control(redact(path))
     model = getattr(handler, "model", "")
-    if model:  # the caller's words: masked, escaped, one word
-        model = escape_control(redact(model))[:200].replace(" ", "_")
+    if model:
+        model = outside_word(model, 200)
     provider = getattr(handler, "provider", "")
     if provider and not provider.isalnum():  # a configured name or "custom" as is; a custom provider's name is the caller's
         provider = escape_control(redact(provider))
@@ -213,9 +235,9 @@ def log_request(handler: Any) -> None:
         fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
         tokens = f" tokens={usage.prompt}/{usage.completion}"
     session = getattr(handler, "session", "")
-    if session:  # the caller's words: masked and escaped, then cut
-        fields["session"] = session = escape_control(redact(session))[:100]
-        session = " session=" + session.replace(" ", "_")
+    if session:
+        fields["session"] = session = outside_word(session, 100)
+        session = " session=" + session
     message = (
         f"{fields['request_id']} {fields['client']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
         f" model={model or '-'} provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'}"

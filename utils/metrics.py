@@ -164,6 +164,7 @@ class Tally:
 
     streams: int
     day: int  # days since the epoch that ``today`` counts
+    day_end: float  # the wall-clock time that day ends (one comparison a count)
     today: dict[str, int]  # provider -> tokens
     timer: asyncio.TimerHandle | None
 
@@ -172,7 +173,7 @@ class Tally:
 
     def reset(self) -> None:
         """Nothing counted (a forked worker starts so: its parent serves no request)."""
-        self.streams, self.day, self.today, self.timer = 0, -1, {}, None
+        self.streams, self.day, self.day_end, self.today, self.timer = 0, -1, 0.0, {}, None
 
     def tokens_today(self) -> dict[str, int]:
         """Tokens by provider since 00:00 UTC (nothing when the last count was on an earlier day)."""
@@ -300,7 +301,7 @@ def tokens(provider: str, model: str, prompt: int, completion: int, cache_read: 
 
 
 def _count_today(provider: str, count: int) -> None:
-    if int(time.time() // DAY) != tally.day:
+    if time.time() >= tally.day_end:
         _new_day()
     value = tally.today[provider] = tally.today.get(provider, 0) + count
     _batch.set(_child(NODE_TOKENS_TODAY, provider).set, value)
@@ -314,7 +315,7 @@ def _new_day() -> None:
         for provider in tally.today:
             _batch.set(_child(NODE_TOKENS_TODAY, provider).set, 0)
         tally.today.clear()
-        tally.day = day
+        tally.day, tally.day_end = day, (day + 1) * DAY
     if tally.timer is not None:
         tally.timer.cancel()
         tally.timer = None

@@ -111,6 +111,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._index = _Index()
         self._known: set[str] = set()
+        self.generation = 0  # grows with every secret added: what was masked before may need masking again
         for secret in secrets:
             self.add(secret)
 
@@ -119,6 +120,7 @@ class Redactor:
         if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._known:
             self._known.add(secret)
             self._index.add(secret)
+            self.generation += 1
 
     def found_in(self, text: str, *extra: str) -> bool:
         """Whether ``text`` holds a secret or a fragment of one."""
