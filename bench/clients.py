@@ -21,7 +21,12 @@ MAX_ERROR_BODY = 2048
 
 
 def stream_body(chunks: int, interval_ms: float, tag: str = "", model: str = "openai/gpt-4o-mini") -> bytes:
-    """A streaming chat request; ``metadata`` tells the benchmark upstream how to answer."""
+    """A streaming chat request; ``metadata`` tells the benchmark upstream how to answer.
+
+    ``user`` says it again for a Messages provider (``anthropic/``), to which the node sends no
+    ``metadata`` but the ``user`` as ``metadata.user_id``; any other provider gets both untouched.
+    """
+    shape = {"bench_chunks": str(chunks), "bench_interval_ms": str(interval_ms), "bench_tag": tag}
     body = {
         "model": model,
         "stream": True,
@@ -30,7 +35,8 @@ def stream_body(chunks: int, interval_ms: float, tag: str = "", model: str = "op
             {"role": "user", "content": "Count slowly from one to twenty, one number per line."},
         ],
         "temperature": 0.2,
-        "metadata": {"bench_chunks": str(chunks), "bench_interval_ms": str(interval_ms), "bench_tag": tag},
+        "user": " ".join(f"{k}={v}" for k, v in shape.items() if v),
+        "metadata": shape,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -11,18 +11,28 @@ connections, then exactly N more, closes its connections, and the node gets SIGT
 cost of one request: start-up, warm-up and shutdown cancel out. Two runs of one tree agreed within 0.03 %
 in issue 15's sitting and within 0.4 % with other benchmarks sharing the machine (bench/PERFORMANCE.md).
 
+``--model`` (or ``BENCH_MODELS="M ..."``) sets the body's ``model`` (default ``openai/gpt-4o-mini``, relayed
+untranslated): ``anthropic/gpt-4o-mini`` sends the same chat body to the Messages provider, translated to
+Messages and its answer (the benchmark upstream's canned Messages answer, of the same text and size) back to
+chat. Each tree and variant runs each model, in order.
+
 A variant's setting that an older tree does not know is ignored by that tree (a note says so): its row is
 then the plain node's. ``--cpu`` adds a plain (no valgrind) run per row and its CPU µs per request (user +
 system time of the node, noisy), which gives an instructions-per-µs rate for turning instruction counts
 into rough times. Under valgrind a node runs ~50x slower: a row takes a few minutes.
 
-    python bench/instructions.py [--tree DIR ...] [--variant NAME ...] [--requests N] [--cpu]
+``--callgrind-out DIR`` keeps each run's callgrind file in DIR (``HASH-VARIANT-MODEL-N.out``, N the counted
+requests) for ``callgrind_annotate``: the difference of a row's two files is where one request's instructions go.
+
+    python bench/instructions.py [--tree DIR ...] [--variant NAME ...] [--model M ...] [--requests N] [--cpu]
+                                 [--callgrind-out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +42,7 @@ from pathlib import Path
 
 from clients import CHAT_PATH, get_json, post_request
 from load import wrk_body
-from plan import HOST, JSON_CONNECTIONS, NODE_VARIANTS, ROOT, log
+from plan import HOST, JSON_CONNECTIONS, MODEL, NODE_VARIANTS, ROOT, log
 from procs import Processes, Service, node_env, pin_self, start_upstream, wait_listening
 from readings import cpu_seconds
 
@@ -62,9 +72,9 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
 class Client:
     """``CONNECTIONS`` keep-alive connections sending exactly as many POSTs as asked, all of them together."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, model: str = MODEL) -> None:
         self.port = port
-        self.request = post_request(CHAT_PATH, wrk_body())
+        self.request = post_request(CHAT_PATH, wrk_body(model))
         self.streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def open(self) -> None:
@@ -91,9 +101,9 @@ class Client:
         self.streams.clear()
 
 
-async def start(procs: Processes, tree: Path, env: dict[str, str], valgrind: bool) -> Service:
-    """The tree's ``server.py`` on CPU 0 (with valgrind or without), once its ``/health`` answers 200."""
-    tool = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] if valgrind else []
+async def start(procs: Processes, tree: Path, env: dict[str, str], valgrind: bool, out: str = "/dev/null") -> Service:
+    """The tree's ``server.py`` on CPU 0 (with valgrind writing to ``out``, or without), once ``/health`` answers 200."""
+    tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] if valgrind else []
     argv = procs.taskset(0) + tool + [sys.executable, str(tree / "server.py")]
     node = Service("node", procs.start("node-cg" if valgrind else "node", argv, env), 0)
     await wait_listening(node, START_TIMEOUT if valgrind else 30)
@@ -103,11 +113,11 @@ async def start(procs: Processes, tree: Path, env: dict[str, str], valgrind: boo
     return node
 
 
-async def collected(procs: Processes, tree: Path, env: dict[str, str], requests: int) -> int:
+async def collected(procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str, out: str) -> int:
     """callgrind's total for one run: start-up, warm-up, ``requests`` POSTs, shutdown."""
-    node = await start(procs, tree, env, valgrind=True)
+    node = await start(procs, tree, env, valgrind=True, out=out)
     try:
-        client = Client(node.port)
+        client = Client(node.port, model)
         await client.open()
         await client.send(WARMUP)
         await client.send(requests)
@@ -120,11 +130,11 @@ async def collected(procs: Processes, tree: Path, env: dict[str, str], requests:
     return int(match.group(1))
 
 
-async def cpu_per_request(procs: Processes, tree: Path, env: dict[str, str], requests: int) -> float:
+async def cpu_per_request(procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str) -> float:
     """The node's user + system CPU µs per request without valgrind (after the warm-up): noisy."""
     node = await start(procs, tree, env, valgrind=False)
     try:
-        client = Client(node.port)
+        client = Client(node.port, model)
         await client.open()
         await client.send(WARMUP)
         before = cpu_seconds(node.pid)
@@ -147,36 +157,39 @@ def short_hash(tree: Path) -> str:
                           check=True, timeout=30).stdout.strip()
 
 
-async def measure(procs: Processes, rows: list[tuple[Path, str]], requests: int, cpu: bool) -> list[list[str]]:
+async def measure(
+    procs: Processes, rows: list[tuple[Path, str, str]], requests: int, cpu: bool, keep: Path | None = None
+) -> list[list[str]]:
     small = requests // 5
     upstream = await start_upstream(procs)
     table: list[list[str]] = []
     first = 0.0
-    for tree, variant in rows:
+    for tree, variant, model in rows:
         extra = NODE_VARIANTS[variant][1] if variant != "node" else {}
         if missing := unknown_settings(tree, extra):
             log(f"{tree} ({short_hash(tree)}) does not know {', '.join(missing)}: its {variant} node ignores it")
         env = node_env(upstream.port, JSON_CONNECTIONS + 50, extra=extra)
         totals = []
         for count in (small, requests):
-            log(f"{tree} {variant}: callgrind, {WARMUP} + {count} requests")
-            totals.append(await collected(procs, tree, env, count))
+            log(f"{tree} {variant} {model}: callgrind, {WARMUP} + {count} requests")
+            out = str(keep / f"{short_hash(tree)}-{variant}-{model.replace('/', '_')}-{count}.out") if keep else "/dev/null"
+            totals.append(await collected(procs, tree, env, count, model, out))
         per = (totals[1] - totals[0]) / (requests - small)
         first = first or per
-        log(f"{tree} {variant}: totals {totals[0]:,} and {totals[1]:,}: {per:,.0f} instructions per request")
-        row = [f"{short_hash(tree)} ({tree.name})", variant, f"{per:,.0f}", f"{per / first:.4f}×"]
+        log(f"{tree} {variant} {model}: totals {totals[0]:,} and {totals[1]:,}: {per:,.0f} instructions per request")
+        row = [f"{short_hash(tree)} ({tree.name})", variant, model, f"{per:,.0f}", f"{per / first:.4f}×"]
         if cpu:
-            micros = await cpu_per_request(procs, tree, env, requests)
+            micros = await cpu_per_request(procs, tree, env, requests, model)
             row += [f"{micros:,.0f}", f"{per / micros:,.0f}"]
         table.append(row)
     return table
 
 
 def markdown(table: list[list[str]], cpu: bool) -> str:
-    head = ["tree", "variant", "instructions per request", "ratio to the first row"]
+    head = ["tree", "variant", "model", "instructions per request", "ratio to the first row"]
     if cpu:
         head += ["CPU µs per request (plain run)", "instructions per CPU µs"]
-    lines = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join(lines)
 
@@ -186,19 +199,24 @@ def main() -> int:
     parser.add_argument("--tree", nargs="+", type=Path, default=[ROOT], help="checkouts of the node (default: this one)")
     parser.add_argument("--variant", nargs="+", default=["node"], choices=["node", *NODE_VARIANTS],
                         help="plain node or a bench/plan.py NODE_VARIANTS entry; each tree runs each, in order")
+    parser.add_argument("--model", nargs="+", default=os.environ.get("BENCH_MODELS", MODEL).split(),
+                        help=f"the body's model (default {MODEL}, or BENCH_MODELS); anthropic/... is translated to Messages")
     parser.add_argument("--requests", type=int, default=2500, help="the second run's POSTs; the first sends a fifth")
     parser.add_argument("--cpu", action="store_true", help="also a plain run per row: CPU µs per request (noisy)")
+    parser.add_argument("--callgrind-out", type=Path, help="keep each run's callgrind file in this folder (callgrind_annotate)")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         log("valgrind is not installed (apt-get install valgrind)")
         return 1
     if args.requests < 10:
         parser.error("--requests must be at least 10")
-    rows = [(tree.resolve(), variant) for tree in args.tree for variant in args.variant]
+    rows = [(tree.resolve(), variant, model) for tree in args.tree for variant in args.variant for model in args.model]
     logdir = Path(tempfile.mkdtemp(prefix="mira-instructions-"))
     procs = Processes(logdir, pin_self())
     try:
-        table = asyncio.run(measure(procs, rows, args.requests, args.cpu))
+        if args.callgrind_out:
+            args.callgrind_out.mkdir(parents=True, exist_ok=True)
+        table = asyncio.run(measure(procs, rows, args.requests, args.cpu, args.callgrind_out))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log(f"interrupted: every process stopped; their output is in {logdir}")
         return 130

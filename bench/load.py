@@ -8,6 +8,7 @@ held slow streams. Every loop has a count and a deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -32,6 +33,7 @@ from plan import (
     HOLD_MAX_EVENTS,
     HOST,
     JSON_CONNECTIONS,
+    MODEL,
     OPENING_AT_ONCE,
     PACED_EVENTS,
     PACED_INTERVAL_MS,
@@ -139,13 +141,19 @@ class JsonLoad:
         return result
 
 
-def wrk_body() -> bytes:
-    """The request body of ``post.lua``, for the asyncio fallback."""
+def wrk_body(model: str = MODEL) -> bytes:
+    """The request body of ``post.lua``, for the asyncio fallback; with another ``model``, that model's."""
     text = (BENCH / "post.lua").read_text()
     match = re.search(r"wrk\.body = \[\[(.*)\]\]", text, re.S)
     if not match:
         raise RuntimeError("no body in bench/post.lua")
-    return match.group(1).encode()
+    body = match.group(1).encode()
+    if model != MODEL:
+        named = b'"model":' + json.dumps(MODEL).encode()
+        if named not in body:
+            raise RuntimeError(f"post.lua's body does not name {MODEL}")
+        body = body.replace(named, b'"model":' + json.dumps(model).encode(), 1)
+    return body
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -195,10 +203,16 @@ async def open_many(port: int, count: int, stats: StreamStats) -> list[StreamPro
     return probes
 
 
-async def stream_rounds(port: int, rounds: int, count: int, chunks: int, interval_ms: float) -> StreamStats:
-    """``rounds`` times: ``count`` streams started at once on open connections."""
+async def stream_rounds(
+    port: int, rounds: int, count: int, chunks: int, interval_ms: float, model: str = MODEL, expected: int = 0
+) -> StreamStats:
+    """``rounds`` times: ``count`` streams started at once on open connections.
+
+    ``model`` is the requests' (``bench/translate_events.py`` sends ``anthropic/``); ``expected`` the events a
+    stream should bring (0: a relayed chat stream's, ``chunks`` + 1).
+    """
     stats = StreamStats()
-    body = stream_body(chunks, interval_ms)
+    body = stream_body(chunks, interval_ms, model=model)
     for _ in range(rounds):
         probes = await open_many(port, count, stats)
         try:
@@ -207,7 +221,7 @@ async def stream_rounds(port: int, rounds: int, count: int, chunks: int, interva
             if probes:
                 await asyncio.wait([p.finished for p in probes], timeout=chunks * interval_ms / 1000 + 15)
             for probe in probes:
-                stats.add(probe, chunks + 1)
+                stats.add(probe, expected or chunks + 1)
         finally:
             for probe in probes:
                 probe.close()

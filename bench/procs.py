@@ -127,8 +127,14 @@ async def start_upstream(procs: Processes) -> Service:
 
 
 def node_env(upstream_port: int, limit: int, workers: int = 1, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Every feature in place as in production: validation, usage accounting, metrics, an access line at INFO."""
+    """Every feature in place as in production: validation, usage accounting, metrics, an access line at INFO.
+
+    The hosted providers (openai, openrouter, anthropic, groq) have their base URL at the benchmark upstream
+    (nothing leaves loopback); ``openai`` and ``anthropic`` (Messages, translated: ``plan.TRANSLATED_MODEL``)
+    have a key, so both are configured.
+    """
     env = {k: v for k, v in os.environ.items() if k not in node_variables()}
+    upstream = f"http://{HOST}:{upstream_port}/v1"
     env.update(
         ENV_FILE="/dev/null",
         HOST=HOST,
@@ -136,8 +142,12 @@ def node_env(upstream_port: int, limit: int, workers: int = 1, extra: dict[str, 
         WORKERS=str(workers),
         LOG_LEVEL="INFO",
         MACHINE_IP=HOST,
-        OPENAI_BASE_URL=f"http://{HOST}:{upstream_port}/v1",
+        OPENAI_BASE_URL=upstream,
+        OPENROUTER_BASE_URL=upstream,
+        ANTHROPIC_BASE_URL=upstream,
+        GROQ_BASE_URL=upstream,
         OPENAI_API_KEY="sk-bench-not-a-real-key",
+        ANTHROPIC_API_KEY="sk-ant-bench-not-a-real-key",
         MAX_CONCURRENT_REQUESTS=str(limit),
         UPSTREAM_MAX_CONNECTIONS=str(limit),
         SHUTDOWN_TIMEOUT="2",

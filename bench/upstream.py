@@ -1,4 +1,4 @@
-"""A lean OpenAI-compatible upstream for the benchmark.
+"""A lean OpenAI-compatible upstream for the benchmark, which answers Anthropic's Messages API too.
 
 A raw asyncio :class:`asyncio.Protocol` server speaking just enough
 HTTP/1.1 (keep-alive, Content-Length bodies) to stand in for a provider
@@ -11,6 +11,18 @@ without becoming the bottleneck:
   have gone, then ``data: [DONE]``. Both come from the request's
   ``metadata`` (strings, as OpenAI's ``metadata`` field wants), which the node
   forwards untouched; ``bench_tag`` names the stream for the abort probe;
+* ``POST .../messages`` (Anthropic's Messages API, what the node sends an
+  ``anthropic/`` model): the same answers in Messages' shape. JSON: a canned
+  message of the same text and byte size as the chat completion, with usage;
+  a stream: ``message_start``, ``content_block_start`` and ``ping`` with the
+  first text delta, then one ``content_block_delta`` per tick (as many text
+  events as the chat stream has, at the same pace), then
+  ``content_block_stop`` and ``message_delta`` (usage) where the chat stream
+  writes its last chunk, and ``message_stop`` where it writes ``[DONE]``: the
+  same writes at the same moments. The node sends no free ``metadata`` to
+  Messages, only ``metadata.user_id`` (the chat request's ``user``): there
+  the stream's shape is read from ``bench_chunks=N bench_interval_ms=MS
+  bench_tag=T`` (what ``clients.stream_body`` puts in ``user``);
 * ``GET /_bench/stats``: open connections, open streams, requests served;
 * ``GET /_bench/closed?tag=T&wait=S``: waits (at most S seconds) until the
   connection that carried stream ``T`` has closed, and answers the
@@ -73,6 +85,36 @@ JSON_RESPONSE = (
     + b"\r\n\r\n"
     + _COMPLETION
 )
+_MESSAGE_TEXT = "The capital of France is Paris. It has been the country's capital since the 10th century."
+
+
+def _message(message_id: str) -> bytes:
+    return json.dumps(
+        {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": "gpt-4o-mini-2024-07-18",
+            "content": [{"type": "text", "text": _MESSAGE_TEXT}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 120, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 21,
+                "service_tier": "standard",
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+# The Messages answer (its usage as Anthropic's API gives it), its id padded to the chat completion's size.
+_MESSAGE = _message("msg_bench" + "0" * max(0, len(_COMPLETION) - len(_message("msg_bench"))))
+MESSAGES_JSON_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(_MESSAGE)).encode()
+    + b"\r\n\r\n"
+    + _MESSAGE
+)
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
 )
@@ -98,6 +140,38 @@ def _http_chunk(data: bytes) -> bytes:
 TOKEN_CHUNK = _sse_chunk({"content": " token"}, None)
 LAST_CHUNK = _sse_chunk({}, "stop")
 DONE = _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+def _messages_event(kind: str, data: dict[str, Any]) -> bytes:
+    """One Messages SSE event (``event:`` and ``data:`` lines), framed as one HTTP chunk."""
+    payload = json.dumps({"type": kind, **data}, separators=(",", ":")).encode()
+    return _http_chunk(b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n")
+
+
+# A Messages stream, in the chat stream's writes: the opening events go with the first text delta, the
+# closing ones where the chat stream writes its last chunk and its [DONE].
+MESSAGES_OPEN = b"".join(
+    (
+        _messages_event(
+            "message_start",
+            {
+                "message": {
+                    "id": "msg_bench0000000000000000000000", "type": "message", "role": "assistant",
+                    "model": "gpt-4o-mini-2024-07-18", "content": [], "stop_reason": None, "stop_sequence": None,
+                    "usage": {"input_tokens": 120, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                              "output_tokens": 1},
+                }
+            },
+        ),
+        _messages_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        _messages_event("ping", {}),
+    )
+)
+TEXT_DELTA = _messages_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " token"}})
+MESSAGES_LAST = _messages_event("content_block_stop", {"index": 0}) + _messages_event(
+    "message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 21}}
+)
+MESSAGES_DONE = _messages_event("message_stop", {}) + b"0\r\n\r\n"
 
 
 class State:
@@ -139,6 +213,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.left = 0
         self.interval = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.token, self.last, self.done = TOKEN_CHUNK, LAST_CHUNK, DONE  # the stream's bytes: chat or Messages
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -189,10 +264,12 @@ class UpstreamProtocol(asyncio.Protocol):
     def _handle(self, raw: bytes, head: bytes, body: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if head.startswith(b"post ") and (b'"stream":true' in body or b'"stream": true' in body):
-            self._start_stream(body)
-        elif head.startswith(b"post "):
-            transport.write(JSON_RESPONSE)
+        if head.startswith(b"post "):
+            messages = head[5 : head.find(b" ", 5)].endswith(b"/messages")
+            if b'"stream":true' in body or b'"stream": true' in body:
+                self._start_stream(body, messages)
+            else:
+                transport.write(MESSAGES_JSON_RESPONSE if messages else JSON_RESPONSE)
         elif head.startswith(b"get /_bench/"):
             self.busy = True
             target = raw[4 : raw.find(b" ", 4)].decode()
@@ -202,16 +279,24 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- streams ---------------------------------------------------------------------
 
-    def _start_stream(self, body: bytes) -> None:
+    def _start_stream(self, body: bytes, messages: bool) -> None:
         meta = json.loads(body).get("metadata") or {}
+        if messages and "bench_chunks" not in meta:  # Messages' only metadata: user_id, "bench_chunks=N ..."
+            meta = dict(item.partition("=")[::2] for item in str(meta.get("user_id", "")).split())
         chunks = min(max(int(meta.get("bench_chunks", 20)), 1), MAX_STREAM_CHUNKS)
         self.interval = max(float(meta.get("bench_interval_ms", 10)), 0.0) / 1000
         self.tag = str(meta.get("bench_tag", ""))
         self.busy = True
         self.left = chunks - 1
         self.state.streams += 1
+        if messages:
+            self.token, self.last, self.done = TEXT_DELTA, MESSAGES_LAST, MESSAGES_DONE
+            head = STREAM_HEAD + MESSAGES_OPEN
+        else:
+            self.token, self.last, self.done = TOKEN_CHUNK, LAST_CHUNK, DONE
+            head = STREAM_HEAD
         assert self.transport is not None
-        self.transport.write(STREAM_HEAD + (TOKEN_CHUNK if self.left else LAST_CHUNK))
+        self.transport.write(head + (self.token if self.left else self.last))
         self.timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
@@ -220,10 +305,10 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         if self.left > 0:
             self.left -= 1
-            transport.write(TOKEN_CHUNK if self.left else LAST_CHUNK)
+            transport.write(self.token if self.left else self.last)
             self.timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
             return
-        transport.write(DONE)
+        transport.write(self.done)
         self.timer = None
         self.state.streams -= 1
         self.busy = False
