@@ -175,5 +175,7 @@ async def test_an_alias_or_fallback_to_an_unconfigured_provider_is_a_start_up_wa
     fallbacks = tmp_path / "fallbacks.json"
     fallbacks.write_text('{"groq/llama": ["openai/gpt-4o"]}')
     node = spawn_node({"OPENAI_API_KEY": None, "MODEL_ALIASES_FILE": str(aliases), "MODEL_FALLBACKS_FILE": str(fallbacks)})
-    assert node.wait_for_line(r"MODEL_ALIASES_FILE: 'fast' -> openai/gpt-4o-mini, but openai is not configured \(set OPENAI_API_KEY\)")
+    assert node.wait_for_line(
+        r"MODEL_ALIASES_FILE: 'fast' -> openai/gpt-4o-mini, but openai is not configured \(set OPENAI_API_KEY\)"
+    )
     assert node.wait_for_line(r"MODEL_FALLBACKS_FILE: 'groq/llama' falls back to openai/gpt-4o, but openai is not configured")
