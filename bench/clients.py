@@ -1,7 +1,7 @@
 """Asyncio clients of the benchmark: SSE stream probes, small GETs, a JSON load loop.
 
 :class:`StreamProbe` is a raw :class:`asyncio.Protocol` HTTP/1.1 client for
-one streamed chat completion. It timestamps the request and the first SSE
+one streamed chat completion (or Messages answer: it ends at ``message_stop``). It timestamps the request and the first SSE
 event with ``time.monotonic()``, decodes chunked framing, and counts, for
 every ``recv`` (one ``data_received`` call), how many SSE events it
 completed: an event that completes in the same ``recv`` as the one before it
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"  # Anthropic's Messages API at the node's door
 MAX_ERROR_BODY = 2048
 
 
@@ -37,6 +38,22 @@ def stream_body(chunks: int, interval_ms: float, tag: str = "", model: str = "op
         "temperature": 0.2,
         "user": " ".join(f"{k}={v}" for k, v in shape.items() if v),
         "metadata": shape,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def messages_stream_body(chunks: int, interval_ms: float, model: str, tag: str = "") -> bytes:
+    """A streaming Messages request (``/v1/messages``); ``metadata.user_id`` tells the benchmark upstream how to answer.
+
+    A Messages provider (``anthropic/``) gets it as it is; a chat one (``openai/``) as the chat request's ``user``.
+    """
+    shape = {"bench_chunks": str(chunks), "bench_interval_ms": str(interval_ms), "bench_tag": tag}
+    body = {
+        "model": model,
+        "max_tokens": 256,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Count slowly from one to twenty, one number per line."}],
+        "metadata": {"user_id": " ".join(f"{k}={v}" for k, v in shape.items() if v)},
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -208,9 +225,9 @@ class StreamProbe(asyncio.Protocol):
             self.first_at = now
             if not self.first_event.done():
                 self.first_event.set_result(True)
-        if event.startswith(b"data: [DONE]"):
+        if event.startswith((b"data: [DONE]", b"event: message_stop")):  # a chat stream's end; a Messages stream's
             self.done_seen = True
-        elif event.startswith(b'data: {"error"') and not self.error:
+        elif event.startswith((b'data: {"error"', b"event: error")) and not self.error:
             self.error = "error event: " + event[6:300].decode("utf-8", "replace")
 
     def _end(self) -> None:

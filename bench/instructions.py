@@ -16,6 +16,12 @@ untranslated): ``anthropic/gpt-4o-mini`` sends the same chat body to the Message
 Messages and its answer (the benchmark upstream's canned Messages answer, of the same text and size) back to
 chat. Each tree and variant runs each model, in order.
 
+``--route messages`` (or ``BENCH_ROUTE="chat messages"``) posts a Messages request of the same byte size instead
+(``load.messages_body``: ``model``, ``max_tokens``, one user message) to ``/v1/messages``: there ``anthropic/`` is
+relayed as it is and ``openai/`` translated to chat and back. Each tree, variant and route runs each model, so
+``--route chat messages --model openai/gpt-4o-mini anthropic/gpt-4o-mini`` gives chat relayed, chat translated,
+Messages translated and Messages relayed, in one sitting (issue 30).
+
 A variant's setting that an older tree does not know is ignored by that tree (a note says so): its row is
 then the plain node's. ``--cpu`` adds a plain (no valgrind) run per row and its CPU µs per request (user +
 system time of the node, noisy), which gives an instructions-per-µs rate for turning instruction counts
@@ -24,8 +30,8 @@ into rough times. Under valgrind a node runs ~50x slower: a row takes a few minu
 ``--callgrind-out DIR`` keeps each run's callgrind file in DIR (``HASH-VARIANT-MODEL-N.out``, N the counted
 requests) for ``callgrind_annotate``: the difference of a row's two files is where one request's instructions go.
 
-    python bench/instructions.py [--tree DIR ...] [--variant NAME ...] [--model M ...] [--requests N] [--cpu]
-                                 [--callgrind-out DIR]
+    python bench/instructions.py [--tree DIR ...] [--variant NAME ...] [--route chat|messages ...] [--model M ...]
+                                 [--requests N] [--cpu] [--callgrind-out DIR]
 """
 
 from __future__ import annotations
@@ -40,10 +46,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clients import CHAT_PATH, get_json, post_request
-from load import wrk_body
-from plan import HOST, JSON_CONNECTIONS, MODEL, NODE_VARIANTS, ROOT, log
-from procs import Processes, Service, node_env, pin_self, start_upstream, wait_listening
+from clients import CHAT_PATH, MESSAGES_PATH, get_json, post_request
+from load import messages_body, wrk_body
+from plan import HOST, JSON_CONNECTIONS, MODEL, NODE_VARIANTS, REDIS_URL_SLOT, ROOT, log
+from procs import Processes, Service, node_env, pin_self, start_redis, start_upstream, wait_listening
 from readings import cpu_seconds
 
 CONNECTIONS = 8
@@ -72,9 +78,12 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
 class Client:
     """``CONNECTIONS`` keep-alive connections sending exactly as many POSTs as asked, all of them together."""
 
-    def __init__(self, port: int, model: str = MODEL) -> None:
+    def __init__(self, port: int, model: str = MODEL, route: str = "chat") -> None:
         self.port = port
-        self.request = post_request(CHAT_PATH, wrk_body(model))
+        if route == "messages":
+            self.request = post_request(MESSAGES_PATH, messages_body(model))
+        else:
+            self.request = post_request(CHAT_PATH, wrk_body(model))
         self.streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def open(self) -> None:
@@ -113,11 +122,13 @@ async def start(procs: Processes, tree: Path, env: dict[str, str], valgrind: boo
     return node
 
 
-async def collected(procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str, out: str) -> int:
+async def collected(
+    procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str, out: str, route: str = "chat"
+) -> int:
     """callgrind's total for one run: start-up, warm-up, ``requests`` POSTs, shutdown."""
     node = await start(procs, tree, env, valgrind=True, out=out)
     try:
-        client = Client(node.port, model)
+        client = Client(node.port, model, route)
         await client.open()
         await client.send(WARMUP)
         await client.send(requests)
@@ -130,11 +141,13 @@ async def collected(procs: Processes, tree: Path, env: dict[str, str], requests:
     return int(match.group(1))
 
 
-async def cpu_per_request(procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str) -> float:
+async def cpu_per_request(
+    procs: Processes, tree: Path, env: dict[str, str], requests: int, model: str, route: str = "chat"
+) -> float:
     """The node's user + system CPU µs per request without valgrind (after the warm-up): noisy."""
     node = await start(procs, tree, env, valgrind=False)
     try:
-        client = Client(node.port, model)
+        client = Client(node.port, model, route)
         await client.open()
         await client.send(WARMUP)
         before = cpu_seconds(node.pid)
@@ -158,38 +171,45 @@ def short_hash(tree: Path) -> str:
 
 
 async def measure(
-    procs: Processes, rows: list[tuple[Path, str, str]], requests: int, cpu: bool, keep: Path | None = None
+    procs: Processes, rows: list[tuple[Path, str, str, str]], requests: int, cpu: bool, keep: Path | None = None
 ) -> list[list[str]]:
     small = requests // 5
     upstream = await start_upstream(procs)
     table: list[list[str]] = []
     first = 0.0
-    for tree, variant, model in rows:
+    redis = None
+    for tree, variant, route, model in rows:
         extra = NODE_VARIANTS[variant][1] if variant != "node" else {}
+        if REDIS_URL_SLOT in extra.values():  # a variant on Redis: one loopback redis-server (on CPU 1) for every row
+            redis = redis or await start_redis(procs)
+            if redis is None:
+                raise RuntimeError(f"the {variant} variant needs redis-server, which is not installed")
+            extra = {k: f"redis://{HOST}:{redis.port}/0" if v == REDIS_URL_SLOT else v for k, v in extra.items()}
         if missing := unknown_settings(tree, extra):
             log(f"{tree} ({short_hash(tree)}) does not know {', '.join(missing)}: its {variant} node ignores it")
         env = node_env(upstream.port, JSON_CONNECTIONS + 50, extra=extra)
         totals = []
+        named = model.replace("/", "_") if route == "chat" else f"{route}-{model.replace('/', '_')}"
         for count in (small, requests):
-            log(f"{tree} {variant} {model}: callgrind, {WARMUP} + {count} requests")
-            out = str(keep / f"{short_hash(tree)}-{variant}-{model.replace('/', '_')}-{count}.out") if keep else "/dev/null"
-            totals.append(await collected(procs, tree, env, count, model, out))
+            log(f"{tree} {variant} {route} {model}: callgrind, {WARMUP} + {count} requests")
+            out = str(keep / f"{short_hash(tree)}-{variant}-{named}-{count}.out") if keep else "/dev/null"
+            totals.append(await collected(procs, tree, env, count, model, out, route))
         per = (totals[1] - totals[0]) / (requests - small)
         first = first or per
-        log(f"{tree} {variant} {model}: totals {totals[0]:,} and {totals[1]:,}: {per:,.0f} instructions per request")
-        row = [f"{short_hash(tree)} ({tree.name})", variant, model, f"{per:,.0f}", f"{per / first:.4f}×"]
+        log(f"{tree} {variant} {route} {model}: totals {totals[0]:,} and {totals[1]:,}: {per:,.0f} instructions per request")
+        row = [f"{short_hash(tree)} ({tree.name})", variant, route, model, f"{per:,.0f}", f"{per / first:.4f}×"]
         if cpu:
-            micros = await cpu_per_request(procs, tree, env, requests, model)
+            micros = await cpu_per_request(procs, tree, env, requests, model, route)
             row += [f"{micros:,.0f}", f"{per / micros:,.0f}"]
         table.append(row)
     return table
 
 
 def markdown(table: list[list[str]], cpu: bool) -> str:
-    head = ["tree", "variant", "model", "instructions per request", "ratio to the first row"]
+    head = ["tree", "variant", "route", "model", "instructions per request", "ratio to the first row"]
     if cpu:
         head += ["CPU µs per request (plain run)", "instructions per CPU µs"]
-    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | --- | --- |" + " ---: |" * (len(head) - 4)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join(lines)
 
@@ -201,6 +221,10 @@ def main() -> int:
                         help="plain node or a bench/plan.py NODE_VARIANTS entry; each tree runs each, in order")
     parser.add_argument("--model", nargs="+", default=os.environ.get("BENCH_MODELS", MODEL).split(),
                         help=f"the body's model (default {MODEL}, or BENCH_MODELS); anthropic/... is translated to Messages")
+    parser.add_argument("--route", nargs="+", default=os.environ.get("BENCH_ROUTE", "chat").split(),
+                        choices=["chat", "messages"],
+                        help="chat: post.lua's body to /v1/chat/completions (default, or BENCH_ROUTE); messages: a Messages "
+                        "body of the same size to /v1/messages (anthropic/ relayed, openai/ translated)")
     parser.add_argument("--requests", type=int, default=2500, help="the second run's POSTs; the first sends a fifth")
     parser.add_argument("--cpu", action="store_true", help="also a plain run per row: CPU µs per request (noisy)")
     parser.add_argument("--callgrind-out", type=Path, help="keep each run's callgrind file in this folder (callgrind_annotate)")
@@ -210,7 +234,10 @@ def main() -> int:
         return 1
     if args.requests < 10:
         parser.error("--requests must be at least 10")
-    rows = [(tree.resolve(), variant, model) for tree in args.tree for variant in args.variant for model in args.model]
+    rows = [
+        (tree.resolve(), variant, route, model)
+        for tree in args.tree for variant in args.variant for route in args.route for model in args.model
+    ]
     logdir = Path(tempfile.mkdtemp(prefix="mira-instructions-"))
     procs = Processes(logdir, pin_self())
     try:

@@ -13,15 +13,18 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from clients import (
     CHAT_PATH,
+    MESSAGES_PATH,
     StreamProbe,
     burst_first_bytes,
     get_json,
     json_load,
+    messages_stream_body,
     open_probe,
     stream_body,
     wait_first,
@@ -33,6 +36,7 @@ from plan import (
     HOLD_MAX_EVENTS,
     HOST,
     JSON_CONNECTIONS,
+    MESSAGES_ROUTES,
     MODEL,
     OPENING_AT_ONCE,
     PACED_EVENTS,
@@ -87,6 +91,15 @@ def parse_wrk(output: str) -> JsonResult:
     return JsonResult(float(rps.group(1)), latency("50"), latency("99"), int(count.group(1)), errors, detail=detail)
 
 
+@dataclass(frozen=True)
+class JsonRequest:
+    """The POST of a JSON load other than post.lua's chat request: its path and body (wrk gets a script of them)."""
+
+    name: str
+    path: str
+    body: bytes
+
+
 class JsonLoad:
     """One JSON load run at 64 connections: wrk when present, else the asyncio client."""
 
@@ -94,9 +107,24 @@ class JsonLoad:
         self.procs = procs
         self.use_wrk = use_wrk
 
-    async def run(self, port: int, seconds: int) -> JsonResult:
+    def script(self, request: JsonRequest | None) -> Path:
+        """wrk's script: post.lua, or one written for ``request`` in the run's log folder."""
+        if request is None:
+            return BENCH / "post.lua"
+        path = self.procs.logdir / f"{request.name}.lua"
+        if not path.exists():
+            body = request.body.decode()
+            if "]==]" in body:
+                raise RuntimeError(f"{request.name}: the body cannot be a Lua long string")
+            path.write_text(
+                f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
+            )
+        return path
+
+    async def run(self, port: int, seconds: int, request: JsonRequest | None = None) -> JsonResult:
+        path = request.path if request is not None else CHAT_PATH
         if self.use_wrk:
-            url = f"http://{HOST}:{port}{CHAT_PATH}"
+            url = f"http://{HOST}:{port}{path}"
             argv = self.procs.taskset(1) + [
                 "wrk",
                 "-t1",
@@ -104,12 +132,12 @@ class JsonLoad:
                 f"-d{seconds}s",
                 "--latency",
                 "-s",
-                str(BENCH / "post.lua"),
+                str(self.script(request)),
                 url,
             ]
             return parse_wrk(await run_command(self.procs, "wrk", argv, seconds + 30))
-        body = wrk_body()
-        result = await json_load(HOST, port, CHAT_PATH, body, JSON_CONNECTIONS, seconds)
+        body = request.body if request is not None else wrk_body()
+        result = await json_load(HOST, port, path, body, JSON_CONNECTIONS, seconds)
         ms = [v * 1000 for v in result.latencies]
         detail = "; ".join(result.error_samples[:3])
         return JsonResult(
@@ -121,13 +149,15 @@ class JsonLoad:
             detail=detail,
         )
 
-    async def measure(self, server: Service, seconds: int, warmup: int, watch: Sequence[Service] = ()) -> JsonResult:
-        """A warm-up run, then the measured one with the server's CPU time per request."""
+    async def measure(
+        self, server: Service, seconds: int, warmup: int, watch: Sequence[Service] = (), request: JsonRequest | None = None
+    ) -> JsonResult:
+        """A warm-up run, then the measured one with the server's CPU time per request (post.lua's, or ``request``)."""
         server.check_alive()
-        await self.run(server.port, warmup)
+        await self.run(server.port, warmup, request)
         watched = {s.name: s.pid for s in (server, *watch)}
         cpu_before, cores_before, wall_before = {n: cpu_seconds(p) for n, p in watched.items()}, core_times(), time.monotonic()
-        result = await self.run(server.port, seconds)
+        result = await self.run(server.port, seconds, request)
         cpu_after, cores_after, wall = (
             {n: cpu_seconds(p) for n, p in watched.items()},
             core_times(),
@@ -154,6 +184,26 @@ def wrk_body(model: str = MODEL) -> bytes:
             raise RuntimeError(f"post.lua's body does not name {MODEL}")
         body = body.replace(named, b'"model":' + json.dumps(model).encode(), 1)
     return body
+
+
+def messages_body(model: str) -> bytes:
+    """A Messages request (``/v1/messages``) of the same byte size as post.lua's chat body: ``model``, ``max_tokens`` and
+    one user message whose text is the chat body's four texts, then their beginning again up to the size."""
+    chat = wrk_body()
+    texts = " ".join(m["content"] for m in json.loads(chat)["messages"])
+
+    def body(text: str) -> bytes:
+        shape = {"model": model, "max_tokens": 256, "messages": [{"role": "user", "content": text}]}
+        return json.dumps(shape, separators=(",", ":")).encode()
+
+    short = len(chat) - len(body(texts))
+    text = texts + (" " + texts * 2)[:short] if short > 0 else texts
+    return body(text)
+
+
+def messages_request(name: str) -> JsonRequest:
+    """The JSON load of a Messages route of ``plan.MESSAGES_ROUTES``."""
+    return JsonRequest(name, MESSAGES_PATH, messages_body(MESSAGES_ROUTES[name][0]))
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -204,20 +254,24 @@ async def open_many(port: int, count: int, stats: StreamStats) -> list[StreamPro
 
 
 async def stream_rounds(
-    port: int, rounds: int, count: int, chunks: int, interval_ms: float, model: str = MODEL, expected: int = 0
+    port: int, rounds: int, count: int, chunks: int, interval_ms: float, model: str = MODEL, expected: int = 0,
+    path: str = CHAT_PATH,
 ) -> StreamStats:
     """``rounds`` times: ``count`` streams started at once on open connections.
 
     ``model`` is the requests' (``bench/translate_events.py`` sends ``anthropic/``); ``expected`` the events a
-    stream should bring (0: a relayed chat stream's, ``chunks`` + 1).
+    stream should bring (0: a relayed chat stream's, ``chunks`` + 1); ``path`` MESSAGES_PATH sends Messages requests.
     """
     stats = StreamStats()
-    body = stream_body(chunks, interval_ms, model=model)
+    if path == MESSAGES_PATH:
+        body = messages_stream_body(chunks, interval_ms, model)
+    else:
+        body = stream_body(chunks, interval_ms, model=model)
     for _ in range(rounds):
         probes = await open_many(port, count, stats)
         try:
             for probe in probes:
-                probe.send(CHAT_PATH, body)
+                probe.send(path, body)
             if probes:
                 await asyncio.wait([p.finished for p in probes], timeout=chunks * interval_ms / 1000 + 15)
             for probe in probes:
@@ -242,15 +296,21 @@ async def paced_stream(port: int) -> StreamStats:
     return await stream_rounds(port, 1, 1, PACED_EVENTS, PACED_INTERVAL_MS)
 
 
-async def relay_cpu(port: int, server: Service) -> float | None:
+async def relay_cpu(port: int, server: Service, route: str = "") -> float | None:
     """CPU (µs) the serving process spends per stream event: 20 streams of 400 events 2 ms apart.
 
     Through the node that is the relay's cost per event (the streams' set-up
     is spread over 8,000 events); against the upstream alone, its own.
+    ``route``: a name of ``plan.MESSAGES_ROUTES``, the same streams asked of ``/v1/messages`` (per event the
+    client received: a Messages stream brings a few more, its opening and closing events).
     """
+    model, extra = MESSAGES_ROUTES[route] if route else (MODEL, 1)
+    path = MESSAGES_PATH if route else CHAT_PATH
     before = cpu_seconds(server.pid)
-    stats = await stream_rounds(port, 1, RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS)
+    stats = await stream_rounds(port, 1, RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS, model, RELAY_EVENTS + extra, path)
     spent = cpu_seconds(server.pid) - before
+    if route and stats.failed:
+        raise RuntimeError(f"{route}: {stats.failed} of {stats.streams} streams failed: {stats.failures.most_common(2)}")
     return spent / stats.events * 1e6 if stats.events else None
 
 
@@ -351,8 +411,14 @@ class HoldResult:
         return max(0.0, self.open_cpu_seconds - self.relayed_while_opening * per_event / 1e6) / self.ok * 1000
 
 
-async def hold_streams(port: int, count: int, window: float, server: Service, upstream: Service) -> HoldResult:
-    """Open ``count`` slow streams, measure the server's RSS and CPU while it holds them, then disconnect all."""
+async def hold_streams(
+    port: int, count: int, window: float, server: Service, upstream: Service,
+    during: Callable[[], Awaitable[object]] | None = None,
+) -> HoldResult:
+    """Open ``count`` slow streams, measure the server's RSS and CPU while it holds them, then disconnect all.
+
+    ``during``: awaited after the window, every stream still held (``bench/status_cost.py``'s status refreshes).
+    """
     result = HoldResult(count, server.name)
     probes: list[StreamProbe] = []
     gate = asyncio.Semaphore(OPENING_AT_ONCE)
@@ -400,6 +466,9 @@ async def hold_streams(port: int, count: int, window: float, server: Service, up
                 result.failures["broke while held: " + probe.error] += 1
                 result.ok -= 1
         server.check_alive()
+        if during is not None:
+            await during()
+            server.check_alive()
     finally:
         released = time.monotonic()
         for probe in probes:

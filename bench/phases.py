@@ -1,9 +1,10 @@
 """The phases of one benchmark run, in order, and ``Measurements``: everything the run measured.
 
-The upstream starts first; the alternated JSON rounds (node, WORKERS=0 node,
-bare handler, floors) come next, then every figure straight against the
-upstream, then the same through a node, then the larger holds. A phase that
-fails is noted in the report and the run goes on.
+The upstream starts first; the alternated JSON rounds (node, its Messages
+requests relayed and translated, WORKERS=0 node, bare handler, floors) come
+next, then every figure straight against the upstream, then the same through
+a node, then the larger holds. A phase that fails is noted in the report and
+the run goes on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clients import MESSAGES_PATH
 from load import (
     AbortStats,
     HoldResult,
@@ -24,6 +26,7 @@ from load import (
     abort_trials,
     hold_streams,
     json_bursts,
+    messages_request,
     paced_stream,
     relay_cpu,
     stream_alone,
@@ -34,6 +37,7 @@ from plan import (
     FD_RESERVE,
     HOST,
     JSON_CONNECTIONS,
+    MESSAGES_ROUTES,
     NODE_VARIANTS,
     REDIS_URL_SLOT,
     STREAM_CHUNKS,
@@ -58,7 +62,8 @@ class Measurements:
     relay_cpu_us: dict[str, float | None] = field(default_factory=dict)  # CPU per relayed stream event
     paced: dict[str, StreamStats | None] = field(default_factory=dict)  # one stream at 1,000 events/s
     bursts: dict[str, list[float] | None] = field(default_factory=dict)  # 50 JSON requests at once: ms to first byte
-    rounds: dict[str, list[JsonResult]] = field(default_factory=dict)  # the alternated JSON rounds, per server
+    rounds: dict[str, list[JsonResult]] = field(default_factory=dict)  # the alternated JSON rounds, per server (or route)
+    event_rounds: dict[str, list[float]] = field(default_factory=dict)  # CPU µs per event: chat, Messages, alternated
     rss_idle: list[tuple[str, float, bool]] = field(default_factory=list)  # (label, MB, judged against the target)
     holds: dict[tuple[str, int], HoldResult | None] = field(default_factory=dict)  # (target, streams asked for)
     fd_limit: int = 0
@@ -138,6 +143,7 @@ class Bench:
         await self.step("streams warm-up, node", lambda: self.streams(port, 1))
         m.streams["node"] = await self.step("50 streams, node", lambda: self.streams(port, plan.stream_rounds))
         m.relay_cpu_us["node"] = await self.step("relayed events, node", lambda: relay_cpu(port, node))
+        m.event_rounds = await self.step("relayed events: chat and Messages, alternated", lambda: self.event_rounds(node)) or {}
         m.paced["node"] = await self.step("1,000 events/s, node", lambda: paced_stream(port))
         m.bursts["node"] = await self.step("JSON bursts, node", lambda: json_bursts(port, plan.stream_rounds))
         targets = {"node": port, "direct": upstream.port}
@@ -180,12 +186,15 @@ class Bench:
             servers["baseline"] = await start_node(procs, upstream, JSON_CONNECTIONS + 50, tree=BASELINE)
         for client in ("tornado", "node"):
             servers[f"floor-{client}"] = await start_floor(procs, upstream, client)
-        rounds: dict[str, list[JsonResult]] = {name: [] for name in servers}
+        # The node's Messages requests (relayed, translated) take their turns right after its chat requests.
+        loads = {"node": (servers["node"], None), **{name: (servers["node"], messages_request(name)) for name in MESSAGES_ROUTES}}
+        loads.update((name, (server, None)) for name, server in servers.items() if name != "node")
+        rounds: dict[str, list[JsonResult]] = {name: [] for name in loads}
         for number in range(1, plan.cpu_rounds + 1):
-            for name, server in servers.items():
+            for name, (server, request) in loads.items():
                 result = await self.step(
                     f"JSON round {number}: {name}",
-                    lambda s=server: self.load.measure(s, plan.cpu_seconds, 1, [upstream]),
+                    lambda s=server, r=request: self.load.measure(s, plan.cpu_seconds, 1, [upstream], r),
                 )
                 if result is not None:
                     rounds[name].append(result)
@@ -202,6 +211,20 @@ class Bench:
                 procs.stop(server.child)
         if redis is not None:
             procs.stop(redis.child)
+
+    async def event_rounds(self, node: Service) -> dict[str, list[float]]:
+        """CPU per relayed stream event of chat's streams and of the same asked of /v1/messages, in alternated rounds."""
+        for model, extra in MESSAGES_ROUTES.values():  # warm-up: both Messages paths loaded and run once
+            await stream_rounds(node.port, 1, 4, 20, 1, model, 20 + extra, MESSAGES_PATH)
+        figures: dict[str, list[float]] = {"chat": [], **{name: [] for name in MESSAGES_ROUTES}}
+        for number in range(1, self.plan.event_rounds + 1):
+            for name, values in figures.items():
+                micros = await relay_cpu(node.port, node, "" if name == "chat" else name)
+                node.check_alive()
+                log(f"relayed events round {number}: {name} {micros or 0:.1f} µs per event")
+                if micros is not None:
+                    values.append(micros)
+        return figures
 
     async def big_hold(self, upstream: Service, count: int) -> None:
         """A fresh node with limits for ``count`` streams, holding as many as its descriptors allow."""

@@ -27,6 +27,11 @@ ABORT_SILENCE_MS = 60_000  # after its first event an abort probe's upstream sta
 FD_RESERVE = 100  # descriptors a node needs besides two sockets per stream (client + upstream)
 RELAY_STREAMS, RELAY_EVENTS, RELAY_INTERVAL_MS = 20, 400, 2.0
 PACED_EVENTS, PACED_INTERVAL_MS = 1000, 1.0  # one stream at 1,000 events/s
+# Anthropic's Messages API at the node's door (issue 30): requests to /v1/messages, relayed as they are to a Messages
+# provider (anthropic/) and translated to chat and back for an OpenAI-chat one (openai/), measured beside chat's
+# (post.lua's body to MODEL) on the same node. Name -> (model, the events a stream of N chunks brings beyond N).
+MESSAGES_ROUTES = {"messages-relayed": (TRANSLATED_MODEL, 5), "messages-translated": (MODEL, 4)}
+MESSAGES_TARGETS = {"messages-relayed": 1.05, "messages-translated": 1.20}  # CPU per request over chat's, at most
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,12 @@ class Plan:
     hold_window: float
     cpu_rounds: int  # alternated JSON rounds (node, its variants, WORKERS=0 node, bare handler, floors)
     cpu_seconds: int  # wrk seconds per server per round
+    event_rounds: int  # alternated stream rounds of the node: CPU per event of chat, Messages relayed and translated
 
 
 QUICK = Plan(
     "quick", json_seconds=3, json_warmup=1, stream_rounds=2, alone_trials=10, abort_trials=10, holds=(1000,), hold_window=2.0,
-    cpu_rounds=2, cpu_seconds=2,
+    cpu_rounds=2, cpu_seconds=2, event_rounds=3,
 )
 FULL = Plan(
     "full",
@@ -60,6 +66,7 @@ FULL = Plan(
     hold_window=3.0,
     cpu_rounds=4,
     cpu_seconds=3,
+    event_rounds=5,
 )
 
 
@@ -81,8 +88,21 @@ NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "limits": ("node with key pools and limits (3 providers x 3 keys, rpm/tpm/tokens_per_day)", LIMITS),
     # REDIS_URL_SLOT is replaced by a loopback redis-server the run starts (the variant is left out without one)
     "redis": ("node with those limits shared on a loopback Redis (REDIS_URL)", {**LIMITS, "REDIS_URL": "{redis}"}),
+    # issue 32: every call priced (PRICES_FILE), those limits plus dollar budgets per provider and node-wide ("*",
+    # bench/budgets.json: never reached), shared on the loopback Redis; compare with "redis" for what cost adds
+    "prices": ("node with prices and dollar budgets on a loopback Redis (PRICES_FILE, usd_per_day, \"*\")", {
+        **LIMITS, "REDIS_URL": "{redis}", "PRICES_FILE": str(Path(__file__).resolve().parent / "prices.json"),
+        "PROVIDER_LIMITS_FILE": str(Path(__file__).resolve().parent / "budgets.json"),
+    }),
 }
 REDIS_URL_SLOT = "{redis}"
+# issue 33: tracing on, every request sampled, spans exported (OTLP/HTTP) to the benchmark upstream, which answers
+# any POST 200 like a collector would; UPSTREAM_SLOT is its base URL (procs.node_env puts it in)
+UPSTREAM_SLOT = "{upstream}"
+NODE_VARIANTS["tracing"] = (
+    "node with tracing on, every request sampled (OTEL_EXPORTER_OTLP_ENDPOINT, spans to a sink answering 200)",
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": UPSTREAM_SLOT, "OTEL_TRACES_SAMPLER": "always_on"},
+)
 # BENCH_BASELINE=DIR: another checkout of the node (``git worktree add DIR REV``) runs as one more server of the
 # rounds, for before/after figures of a change from one sitting.
 BASELINE = os.environ.get("BENCH_BASELINE", "")

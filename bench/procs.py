@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients import get_json
-from plan import BENCH, HOST, ROOT
+from plan import BENCH, HOST, ROOT, UPSTREAM_SLOT
 
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
@@ -153,7 +153,7 @@ def node_env(upstream_port: int, limit: int, workers: int = 1, extra: dict[str, 
         SHUTDOWN_TIMEOUT="2",
         PYTHONUNBUFFERED="1",
     )
-    env.update(extra or {})
+    env.update({name: value.replace(UPSTREAM_SLOT, f"http://{HOST}:{upstream_port}") for name, value in (extra or {}).items()})
     return env
 
 

@@ -21,6 +21,8 @@ from plan import (
     FD_RESERVE,
     HOLD_INTERVAL_MS,
     JSON_CONNECTIONS,
+    MESSAGES_ROUTES,
+    MESSAGES_TARGETS,
     NODE_VARIANTS,
     OPENING_AT_ONCE,
     PACED_EVENTS,
@@ -77,11 +79,44 @@ def row(figure: str, node: str, direct: str = "", compare: str = "", target: str
 
 
 def ratio_row(
-    figure: str, compared: tuple[float | None, str, float | None], unit: str = "", target: str = "", ok: bool | None = None
+    figure: str, compared: tuple[float | None, str, float | None], unit: str = "", target: str = "", ok: bool | None = None,
+    digits: int = 0,
 ) -> Row:
     """``compared`` is (value, the reference's name, the reference): the value, ``NAME: reference`` and their ratio."""
     value, name, reference = compared
-    return row(figure, fmt(value, unit, 0), f"{name}: {fmt(reference, unit, 0)}", ratio(value, reference), target, ok)
+    return row(figure, fmt(value, unit, digits), f"{name}: {fmt(reference, unit, digits)}", ratio(value, reference), target, ok)
+
+
+# The Messages routes (plan.MESSAGES_ROUTES) as the table names them.
+MESSAGES_LABELS = {
+    "messages-relayed": "relayed to a Messages provider (anthropic/)",
+    "messages-translated": "translated for a chat provider (openai/)",
+}
+
+
+def messages_rows(medians: dict[str, float | None], rounds: str) -> list[Row]:
+    """CPU per /v1/messages request, relayed and translated, over a chat request's on the same node (issue 30)."""
+    rows = []
+    chat = medians.get("node")
+    for name in MESSAGES_ROUTES:
+        value, limit = medians.get(name), MESSAGES_TARGETS[name]
+        rows.append(ratio_row(
+            f"CPU per Messages request (/v1/messages, same body size), {MESSAGES_LABELS[name]} / a chat request, {rounds}",
+            (value, "chat", chat), " µs", target=f"≤ {limit:g}×",
+            ok=None if value is None or not chat else value / chat <= limit,
+        ))
+    return rows
+
+
+def messages_event_rows(m: Measurements) -> list[Row]:
+    """CPU per relayed stream event of the same streams asked of /v1/messages, over chat's, alternated rounds."""
+    medians = {name: percentile(values, 50) for name, values in m.event_rounds.items()}
+    rounds = f"medians of {m.plan.event_rounds} alternated rounds"
+    return [
+        ratio_row(f"CPU per stream event, Messages {MESSAGES_LABELS[name]} / chat, {rounds}",
+                  (medians.get(name), "chat", medians.get("chat")), " µs", digits=1)
+        for name in MESSAGES_ROUTES
+    ]
 
 
 def json_rows(m: Measurements) -> list[Row]:
@@ -126,6 +161,7 @@ def json_rows(m: Measurements) -> list[Row]:
             ok=None if node is None or not bare else node / bare <= 1.5,
         )
     )
+    rows += messages_rows(medians, rounds)
     for client, name in (("tornado", "Tornado's curl client"), ("node", "the node's transport")):
         floor = medians.get(f"floor-{client}")
         rows.append(
@@ -212,6 +248,7 @@ def stream_rows(m: Measurements) -> list[Row]:
             ratio(cpu_n, cpu_d),
         )
     )
+    rows += messages_event_rows(m)
     an, ad = m.alone.get("node"), m.alone.get("direct")
     node_ms = percentile(an.ttfb_ms, 50) if an else None
     direct_ms = percentile(ad.ttfb_ms, 50) if ad else None
@@ -417,7 +454,8 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
     if any(m.rounds.values()):
         labels = {"node": "node", "workers": "WORKERS=0 node", "bare": "bare handler",
                   "floor-tornado": "proxy via Tornado's client", "floor-node": "proxy via the node's transport",
-                  "baseline": "BENCH_BASELINE node", **{name: label for name, (label, _) in NODE_VARIANTS.items()}}
+                  "baseline": "BENCH_BASELINE node", **{name: label for name, (label, _) in NODE_VARIANTS.items()},
+                  **{name: f"node, Messages {label}" for name, label in MESSAGES_LABELS.items()}}
         cpu = "; ".join(
             f"{labels.get(name, name)} {', '.join(fmt(r.cpu_us, digits=0) for r in results)}"
             for name, results in m.rounds.items()
@@ -434,6 +472,14 @@ def describe_notes(m: Measurements, use_wrk: bool, pinned: bool) -> list[str]:
             f"JSON rounds ({m.plan.cpu_rounds} rounds of wrk {m.plan.cpu_seconds} s on each server in turn; all on CPU 0 "
             f"but the WORKERS=0 node): CPU per request (µs) {cpu}. Requests/s: {rps}. Latency p50 (ms, 64 connections):"
             f" {p50}."
+        )
+    if any(m.event_rounds.values()):
+        events = "; ".join(f"{name} {', '.join(f'{v:.1f}' for v in values)}" for name, values in m.event_rounds.items())
+        notes.append(
+            f"Stream events, chat and Messages ({m.plan.event_rounds} alternated rounds of {RELAY_STREAMS} streams × "
+            f"{RELAY_EVENTS} events on the node): CPU µs per event the clients received (a Messages stream brings "
+            f"{', '.join(f'{extra} ({name})' for name, (_, extra) in MESSAGES_ROUTES.items())} events more than its "
+            f"chunks, chat's 1) {events}."
         )
     for name, stats in (
         ("node", m.streams.get("node")),

@@ -22,7 +22,9 @@ without becoming the bottleneck:
   same writes at the same moments. The node sends no free ``metadata`` to
   Messages, only ``metadata.user_id`` (the chat request's ``user``): there
   the stream's shape is read from ``bench_chunks=N bench_interval_ms=MS
-  bench_tag=T`` (what ``clients.stream_body`` puts in ``user``);
+  bench_tag=T`` (what ``clients.stream_body`` puts in ``user``), and so it is
+  from a chat request's ``user`` without such ``metadata`` (a Messages request
+  the node translated to chat: ``clients.messages_stream_body``);
 * ``GET /_bench/stats``: open connections, open streams, requests served;
 * ``GET /_bench/closed?tag=T&wait=S``: waits (at most S seconds) until the
   connection that carried stream ``T`` has closed, and answers the
@@ -280,9 +282,11 @@ class UpstreamProtocol(asyncio.Protocol):
     # -- streams ---------------------------------------------------------------------
 
     def _start_stream(self, body: bytes, messages: bool) -> None:
-        meta = json.loads(body).get("metadata") or {}
-        if messages and "bench_chunks" not in meta:  # Messages' only metadata: user_id, "bench_chunks=N ..."
-            meta = dict(item.partition("=")[::2] for item in str(meta.get("user_id", "")).split())
+        request = json.loads(body)
+        meta = request.get("metadata") or {}
+        if "bench_chunks" not in meta:  # Messages' only metadata: user_id, "bench_chunks=N ..."; a chat request
+            words = meta.get("user_id", "") if messages else request.get("user", "")  # translated from it: user
+            meta = dict(item.partition("=")[::2] for item in str(words).split())
         chunks = min(max(int(meta.get("bench_chunks", 20)), 1), MAX_STREAM_CHUNKS)
         self.interval = max(float(meta.get("bench_interval_ms", 10)), 0.0) / 1000
         self.tag = str(meta.get("bench_tag", ""))

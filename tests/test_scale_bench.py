@@ -98,3 +98,29 @@ def test_scale_panels(bench: dict[str, ModuleType]) -> None:
     assert opening.groups[1].node is None  # not measured: left out of the drawing
     assert panels["CPU per event held, by held"].groups[0].node == pytest.approx(50.0)
     assert panels["First event p99 opening, by held"].groups[0].node == pytest.approx(chart.pick([1.0, 2.0, 3.0], 99))
+
+
+def test_messages_rows(bench: dict[str, ModuleType]) -> None:
+    """Issue 30: CPU per /v1/messages request (relayed, translated) and per stream event, over chat's on the same node."""
+    load, phases, plan, report = bench["load"], bench["phases"], bench["plan"], bench["report"]
+    m = phases.Measurements(plan.QUICK, fd_limit=20_000)
+
+    def rounds(*cpu: float) -> list[Any]:
+        return [load.JsonResult(1000.0, 1.0, 2.0, 1000, 0, cpu_us=value) for value in cpu]
+
+    m.rounds = {"node": rounds(300, 320), "messages-relayed": rounds(320, 330), "messages-translated": rounds(380, 400)}
+    m.event_rounds = {
+        "chat": [30.0, 31.0, 32.0], "messages-relayed": [29.0, 30.0, 35.0], "messages-translated": [36.0, 37.0, 38.0],
+    }
+    lines = report.render_table(m).splitlines()
+
+    def line(*words: str) -> str:
+        return next(text for text in lines if all(word in text for word in words))
+
+    relayed = line("CPU per Messages request", "relayed")
+    assert "325 µs" in relayed and "chat: 310 µs" in relayed and "1.05×" in relayed and "≤ 1.05×" in relayed
+    assert relayed.rstrip(" |").endswith("met") and "**missed**" not in relayed  # 325 / 310 = 1.048
+    translated = line("CPU per Messages request", "translated")
+    assert "390 µs" in translated and "1.26×" in translated and "**missed**" in translated  # target ≤ 1.2×
+    assert "30.0 µs" in line("stream event, Messages relayed") and "0.97×" in line("stream event, Messages relayed")
+    assert "chat: 31.0 µs" in line("stream event, Messages translated") and "1.19×" in line("stream event, Messages translated")
