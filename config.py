@@ -15,9 +15,9 @@ lists them all; :func:`load_settings`, :data:`ENV_VARIABLES`, ``tools/demo.py``
 and the test that README's table agrees with it read that list. Adding a
 setting is one ``name: type = setting(...)`` line in :class:`Settings` (and its
 row in the README). The files SUPPORTED_MODELS_FILE, MODEL_FALLBACKS_FILE,
-MODEL_ALIASES_FILE and PROVIDER_LIMITS_FILE name are read and checked here too,
-into ``supported_models``, ``model_fallbacks``, ``model_aliases`` and
-``provider_limits``.
+MODEL_ALIASES_FILE, PROVIDER_LIMITS_FILE and PRICES_FILE name are read and checked
+here too, into ``supported_models``, ``model_fallbacks``, ``model_aliases``,
+``provider_limits`` and ``prices``.
 
 What ``python server.py --check-config`` prints is made here too:
 :func:`setting_typos` (names in the ``.env`` file, or variables of the
@@ -290,16 +290,32 @@ class ProviderSettings:
         return self.api_keys[0] if self.api_keys else ""
 
 
-LIMIT_NAMES = ("rpm", "tpm", "tokens_per_day")
+LIMIT_NAMES = ("rpm", "tpm", "tokens_per_day", "usd_per_day")
+NODE_WIDE = "*"  # PROVIDER_LIMITS_FILE's key for the node's total across providers
+NODE_LIMIT_NAMES = ("tokens_per_day", "usd_per_day")  # what the node-wide entry may set
 
 
 @dataclass(frozen=True)
 class ProviderLimits:
-    """One provider's entry of PROVIDER_LIMITS_FILE; None: no such limit."""
+    """One provider's entry of PROVIDER_LIMITS_FILE (or the node-wide ``"*"``); None: no such limit."""
 
     rpm: int | None = None  # calls started in the last 60 s
     tpm: int | None = None  # prompt + completion tokens reported in the last 60 s
     tokens_per_day: int | None = None  # prompt + completion tokens since 00:00 UTC
+    usd_per_day: float | None = None  # the cost (PRICES_FILE) of the calls since 00:00 UTC
+
+
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
+
+
+@dataclass(frozen=True)
+class Price:
+    """One model's entry of PRICES_FILE: USD per million tokens (the cache prices default to ``input``)."""
+
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
 
 
 @dataclass(frozen=True)
@@ -456,8 +472,15 @@ class Settings:
     )
     provider_limits_file: str = setting(
         "PROVIDER_LIMITS_FILE", "", _text,
-        "JSON object `{provider: {\"rpm\": N, \"tpm\": N, \"tokens_per_day\": N}}`, each field optional"
+        "JSON object `{provider: {\"rpm\": N, \"tpm\": N, \"tokens_per_day\": N, \"usd_per_day\": X}}`, each field"
+        " optional; the key `\"*\"` (`tokens_per_day`, `usd_per_day`) for the node's total across providers"
         " ([Keys, limits and budgets](#keys-limits-and-budgets)); a bad file stops start-up (exit 2)",
+    )
+    prices_file: str = setting(
+        "PRICES_FILE", "", _text,
+        "JSON object `{\"PROVIDER/MODEL\" or \"PROVIDER/*\": {\"input\", \"output\", \"cache_read\","
+        " \"cache_write\"}}`: USD per million tokens, the cost of every call ([Cost](#cost)); unset: no cost is"
+        " computed; a bad file stops start-up (exit 2) naming the model and field",
     )
     anthropic_max_tokens: int = setting(
         "ANTHROPIC_MAX_TOKENS", 4096, _int(1),
@@ -478,12 +501,34 @@ class Settings:
         "REDIS_TIMEOUT", 0.2, _float(0.0, strict=True),
         "seconds a Redis call may take; a slower or absent Redis is passed over for in-process state",
     )
+    # Tracing: these say whether it is on and where spans go; the SDK reads every other OTEL_* variable itself.
+    otel_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", _url_or_empty,
+        "an OTLP/HTTP collector's base URL (spans go to its `/v1/traces`): OpenTelemetry spans of every /v1 request"
+        " and upstream attempt ([Tracing](#tracing)); unset, with the next one unset too: no tracing, no OpenTelemetry"
+        " module loaded",
+    )
+    otel_traces_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", _url_or_empty,
+        "the collector's full traces URL, taken as it is (wins over OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    otel_sdk_disabled: bool = setting(
+        "OTEL_SDK_DISABLED", False, _bool, "`true`: no tracing, whatever endpoint is set"
+    )
     # Derived by load_settings: the providers' URLs and keys, and the contents of the three files.
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
-    provider_limits: Mapping[str, ProviderLimits] = field(default_factory=dict)  # PROVIDER_LIMITS_FILE
+    provider_limits: Mapping[str, ProviderLimits] = field(default_factory=dict)  # PROVIDER_LIMITS_FILE ("*" too)
+    prices: Mapping[str, Price] = field(default_factory=dict, repr=False)  # PRICES_FILE
     supported_models: tuple[str, ...] = field(default=(), repr=False)  # SUPPORTED_MODELS_FILE's ids, without repeats
     model_fallbacks: Mapping[str, tuple[Fallback, ...]] = field(default_factory=dict, repr=False)  # MODEL_FALLBACKS_FILE
     model_aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # MODEL_ALIASES_FILE
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are exported ('' when tracing is off): the traces endpoint, else the base one's ``/v1/traces``."""
+        if self.otel_sdk_disabled:
+            return ""
+        return self.otel_traces_endpoint or (self.otel_endpoint + "/v1/traces" if self.otel_endpoint else "")
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and messages."""
@@ -706,29 +751,93 @@ def load_aliases(path: str, providers: ProviderNames) -> dict[str, tuple[str, st
 
 
 def load_limits(path: str, providers: Mapping[str, ProviderSettings]) -> dict[str, ProviderLimits]:
-    """PROVIDER_LIMITS_FILE: ``{provider: {"rpm": N, "tpm": N, "tokens_per_day": N}}``; ConfigError otherwise.
+    """PROVIDER_LIMITS_FILE: ``{provider: {"rpm": N, "tpm": N, "tokens_per_day": N, "usd_per_day": X}}``, and
+    ``"*"`` (the node's total: ``tokens_per_day``, ``usd_per_day``); ConfigError otherwise.
 
-    Every provider must be a configured one, every field one of the three
-    (a typo would silently lift a limit), every limit a whole number, 0 or more.
+    Every provider must be a configured one, every field one of the four (a typo would silently lift a
+    limit), every token or call limit a whole number, 0 or more, ``usd_per_day`` a number, 0 or more.
     """
     if not path:
         return {}
     where = f"PROVIDER_LIMITS_FILE={path!r}"
     data = read_json("PROVIDER_LIMITS_FILE", path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a JSON object of provider -> {{\"rpm\", \"tpm\", \"tokens_per_day\"}}")
+        raise ConfigError(f"{where}: must be a JSON object of provider -> {{\"rpm\", \"tpm\", \"tokens_per_day\","
+                          " \"usd_per_day\"}")
     table: dict[str, ProviderLimits] = {}
     for provider, entry in data.items():
-        if provider not in providers:
-            raise ConfigError(f"{where}: unknown provider {provider[:40]!r} (one of {', '.join(providers)})")
+        names = NODE_LIMIT_NAMES if provider == NODE_WIDE else LIMIT_NAMES
+        if provider != NODE_WIDE and provider not in providers:
+            raise ConfigError(f"{where}: unknown provider {provider[:40]!r} (one of {', '.join(providers)}, or"
+                              f" {NODE_WIDE!r} for the node's total)")
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: the value of {provider!r} must be an object with rpm, tpm, tokens_per_day")
+            raise ConfigError(f"{where}: the value of {provider!r} must be an object with {', '.join(names)}")
         for name, value in entry.items():
-            if name not in LIMIT_NAMES:
-                raise ConfigError(f"{where}: {provider}: unknown limit {name[:40]!r} (one of {', '.join(LIMIT_NAMES)})")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if name not in names:
+                whose = "the node-wide entry" if provider == NODE_WIDE else provider
+                raise ConfigError(f"{where}: {whose}: unknown limit {name[:40]!r} (one of {', '.join(names)})")
+            if value is None:
+                continue
+            if name == "usd_per_day":
+                if not _amount(value):
+                    raise ConfigError(f"{where}: {provider}.{name} must be a number of USD, 0 or more"
+                                      f" (got {str(value)[:40]})")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{where}: {provider}.{name} must be a whole number, 0 or more (got {str(value)[:40]})")
         table[provider] = ProviderLimits(**entry)
+    return table
+
+
+def _amount(value: Any) -> bool:
+    """Whether a JSON value is an amount of money: a finite number, 0 or more (not ``true``)."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int | float) and value >= 0 and value != float("inf")
+    )
+
+
+def load_prices(path: str, providers: Mapping[str, ProviderSettings]) -> dict[str, Price]:
+    """PRICES_FILE: ``{"PROVIDER/MODEL" or "PROVIDER/*": {"input", "output", "cache_read", "cache_write"}}``, USD per
+    million tokens; ConfigError naming the model and the field otherwise.
+
+    ``input`` and ``output`` are required, the cache prices default to ``input``; a field the node does not
+    know is refused (a typo would price cache reads as input without a word). Keys that begin with ``_`` are
+    comments (the date the prices were copied, their source).
+    """
+    if not path:
+        return {}
+    where = f"PRICES_FILE={path!r}"
+    data = read_json("PRICES_FILE", path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a JSON object of \"PROVIDER/MODEL\" -> {{\"input\", \"output\"}}"
+                          " (USD per million tokens)")
+    table: dict[str, Price] = {}
+    for model, entry in data.items():
+        if model.startswith("_"):
+            continue  # a comment
+        shown = model[:80]
+        provider, _, name = model.partition("/")
+        if not name:
+            raise ConfigError(f"{where}: {shown!r} must be PROVIDER/MODEL (as routed, after aliases) or PROVIDER/*")
+        if provider not in providers:
+            raise ConfigError(f"{where}: {shown!r}: unknown provider {provider[:40]!r} (one of {', '.join(providers)})")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: {shown}: must be an object with \"input\" and \"output\" (USD per million"
+                              " tokens), and optionally \"cache_read\" and \"cache_write\"")
+        for field_name, value in entry.items():
+            if field_name not in PRICE_FIELDS:
+                raise ConfigError(f"{where}: {shown}: unknown field {field_name[:40]!r} (one of"
+                                  f" {', '.join(PRICE_FIELDS)})")
+            if not _amount(value):
+                raise ConfigError(f"{where}: {shown}.{field_name} must be a number of USD per million tokens, 0 or"
+                                  f" more (got {str(value)[:40]})")
+        for required in ("input", "output"):
+            if required not in entry:
+                raise ConfigError(f"{where}: {shown}: {required!r} is required (USD per million tokens)")
+        given = {name: float(value) for name, value in entry.items()}
+        table[model] = Price(
+            given["input"], given["output"], given.get("cache_read", given["input"]),
+            given.get("cache_write", given["input"]),
+        )
     return table
 
 
@@ -751,8 +860,20 @@ def load_settings(env_file: str | None = None) -> Settings:
         supported_models=load_models(values["supported_models_file"]),
         model_fallbacks=load_fallbacks(values["model_fallbacks_file"], routable),
         model_aliases=aliases,
-        provider_limits=load_limits(values["provider_limits_file"], providers),
+        provider_limits=_priced_budgets(load_limits(values["provider_limits_file"], providers), values["prices_file"]),
+        prices=load_prices(values["prices_file"], providers),
     )
+
+
+def _priced_budgets(limits: dict[str, ProviderLimits], prices_file: str) -> dict[str, ProviderLimits]:
+    """A dollar budget needs prices: ``usd_per_day`` without PRICES_FILE would refuse every call (ConfigError)."""
+    budgets = [name for name, entry in limits.items() if entry.usd_per_day is not None]
+    if budgets and not prices_file:
+        raise ConfigError(
+            f"PROVIDER_LIMITS_FILE sets usd_per_day for {', '.join(budgets)} but PRICES_FILE is not set: a dollar"
+            " budget needs the price of every model it applies to"
+        )
+    return limits
 
 
 # -- what --check-config shows: names that are not settings, the effective settings --------------------------------

@@ -38,7 +38,7 @@ from config import (
 from handlers import eval as evaluation
 from handlers import health, messages, meta, proxy, status, verify
 from handlers.base import NotFoundHandler
-from utils import metrics
+from utils import metrics, tracing
 from utils.context import NodeContext
 from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
@@ -158,6 +158,7 @@ class Node:
             log.warning("drain: connections did not close in time")
         await ctx.aclose()
         metrics.flush()
+        tracing.stop()  # the last spans, for at most tracing.SHUTDOWN_WAIT seconds
         log.info("stopped")
 
 
@@ -176,6 +177,7 @@ def serve(
     """Run one serving process until it has drained."""
 
     async def main() -> None:
+        tracing.start(settings, PROCESS_REDACTOR)  # with OTEL_EXPORTER_OTLP_ENDPOINT: in this process, after any fork
         node = Node(settings, sockets, heartbeat=heartbeat, status=status)
         await node.run()
 

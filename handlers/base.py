@@ -20,7 +20,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
 from models.jsonbody import json_bytes
-from utils import metrics
+from utils import metrics, tracing
 from utils.context import NodeContext
 from utils.upstream import Cancel, Cancelled, check_custom_provider, shutdown_error
 
@@ -283,8 +283,12 @@ class ApiHandler(BaseHandler):
     def on_finish(self) -> None:
         super().on_finish()
         self._release()
+        if self.cancel.trace is not None:
+            self.cancel.trace.finish(self)
 
     def on_connection_close(self) -> None:
+        if self.cancel.trace is not None and self._body_pending:
+            self.cancel.trace.finish(self, 499)  # gone before its body was complete: the request never finishes
         self.cancel.cancel()
         super().on_connection_close()
         self._release()
@@ -296,6 +300,8 @@ class ApiHandler(BaseHandler):
             metrics.in_flight(-1)
 
     def prepare(self) -> None:
+        if tracing.active is not None:
+            self.cancel.trace = tracing.active.request(self)  # the request's SERVER span
         gate = self.ctx.gate
         request = self.request
         if gate.proxied:

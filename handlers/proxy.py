@@ -12,6 +12,7 @@ from models.chat import ProxyRequest, parse_proxy_request
 from models.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from models.errors import ApiError
 from utils import metrics
+from utils.cost import usd_text
 from utils.upstream import check_custom_provider, shutdown_error
 
 
@@ -22,6 +23,7 @@ class ProxyHandler(ApiHandler):
     route_name = CHAT.route
     accept_body = True
     machine_ip_header = True
+    cost: float | None = None  # USD of the answer, when PRICES_FILE prices it (the access line)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -38,6 +40,8 @@ class ProxyHandler(ApiHandler):
         self.session = request.session
         self.model = request.client_model
         plan = ctx.routing.plan(request)
+        if self.cancel.trace is not None:
+            self.cancel.trace.note(request)  # tracing: the sampling parameters on each attempt's span
         if request.custom is not None:
             await check_custom_provider(request.custom, ctx.settings.custom_provider_allow_private, ctx.resolve)
         self.provider = plan.primary.target.label
@@ -46,6 +50,10 @@ class ProxyHandler(ApiHandler):
             self.answered_by(attempt.model_id)
             self.provider = attempt.target.label
             self.usage = response.usage
+            cost = response.cost
+            if cost is not None:
+                self.cost = cost
+                self.set_header("X-Mira-Cost-USD", usd_text(cost))
             self.upstream_status = response.status
             self.set_status(response.status)
             self.set_header("Content-Type", response.content_type)
@@ -54,6 +62,7 @@ class ProxyHandler(ApiHandler):
         result, attempt = await ctx.upstream.stream_plan(plan, self, self.cancel)
         self.provider = attempt.target.label
         self.usage = result.usage
+        self.cost = result.cost  # no header: a stream's headers are gone before its usage is known
         self.upstream_status = result.status
         if result.ttfb is not None:
             metrics.upstream_ttfb(attempt.target.label, result.ttfb)

@@ -68,7 +68,7 @@ def test_every_table_row_of_settings_is_one_of_its_fields_with_the_same_default(
             assert row.attr in fields
             assert getattr(defaults, row.attr) == row.default
             assert config.env_name(row.attr) == row.env
-    derived = {"providers", "supported_models", "model_fallbacks", "provider_limits", "model_aliases"}
+    derived = {"providers", "supported_models", "model_fallbacks", "provider_limits", "model_aliases", "prices"}
     assert set(fields) - set(attributes) == derived
 
 

@@ -43,6 +43,12 @@ PLANNED: dict[str, set[str]] = {
     "mira_tokens_today": {"provider"},
     "mira_provider_key_cooling": {"provider", "key"},  # key: the key's position in the pool, "1", "2", ...
     "mira_redis_up": set(),  # only with REDIS_URL set: absent from the test node's /metrics unless it sets one
+    # only with PRICES_FILE (and a usd_per_day budget): declared, without a series in the test node's /metrics
+    "mira_cost_usd_total": {"provider", "model"},
+    "mira_unpriced_calls_total": {"provider", "model"},
+    "mira_node_cost_today_usd": {"provider"},
+    "mira_cost_today_usd": {"provider"},
+    "mira_budget_usd_per_day": {"provider"},
 }
 PROMETHEUS_OWN = {"up"}  # made by Prometheus itself, not by the node
 ADDED_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
@@ -61,6 +67,7 @@ REQUIRED_ON_DASHBOARD = {
 REQUIRED_ALERTS = {
     "MiraNodeDown", "MiraNodeErrorRatioHigh", "MiraHeartbeatsFailing", "MiraProviderDown", "MiraUpstreamErrorsHigh",
     "MiraLimitRefusals", "MiraBudgetExhausted", "MiraProviderKeysCooling", "MiraProviderKeyCoolingLong", "MiraRedisDown",
+    "MiraDollarBudgetExhausted", "MiraCostBudgetAt80Percent",
 }
 SEVERITIES = {"critical", "warning", "info"}
 

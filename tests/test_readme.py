@@ -300,6 +300,7 @@ def test_the_messages_routes_types_are_anthropics() -> None:
 # Each case: a request, the node environment it needs, and the status and code it must get.
 LIMITS_FILE = "<limits file>"  # replaced by the node_env fixture below with a file of LIMITS
 LIMITS = {"openai": {"rpm": 0}, "groq": {"tokens_per_day": 0}}
+BUDGET_FILES = "<budget files>"  # replaced by the node_env fixture: a dollar budget for anthropic, and PRICES_FILE
 SERVICE_KEY = "sk-readme-service-key-0001"
 BAD_HOST = closed_port()
 
@@ -337,6 +338,8 @@ CASES = [
          PROVIDER_LIMITS_FILE=LIMITS_FILE),
     case("budget_exceeded", Provoke("POST", CHAT, chat_body("groq/m")), 429, "budget_exceeded",
          PROVIDER_LIMITS_FILE=LIMITS_FILE),
+    case("unpriced_model", Provoke("POST", CHAT, chat_body("anthropic/no-price")), 400, "unpriced_model",
+         PROVIDER_LIMITS_FILE=BUDGET_FILES, PRICES_FILE=BUDGET_FILES),
     case("upstream_unreachable", Provoke("POST", CHAT, chat_body("openai/m")), 502, "upstream_unreachable",
          OPENAI_BASE_URL=f"http://127.0.0.1:{BAD_HOST}/v1", UPSTREAM_RETRIES="0"),
 ]
@@ -349,6 +352,11 @@ def node_env(node_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
         path = tmp_path / "limits.json"
         path.write_text(json.dumps(LIMITS))
         node_env = {**node_env, "PROVIDER_LIMITS_FILE": str(path)}
+    if node_env.get("PROVIDER_LIMITS_FILE") == BUDGET_FILES:
+        limits, prices = tmp_path / "budget.json", tmp_path / "prices.json"
+        limits.write_text(json.dumps({"anthropic": {"usd_per_day": 10}}))
+        prices.write_text(json.dumps({"anthropic/priced": {"input": 1, "output": 1}}))
+        node_env = {**node_env, "PROVIDER_LIMITS_FILE": str(limits), "PRICES_FILE": str(prices)}
     return node_env
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from config import Settings
 from models.jsonbody import json_bytes
 from utils import metrics
+from utils.cost import Prices, cost_of
 from utils.deadlines import Deadlines
 from utils.gate import ClientGate
 from utils.netinfo import detect_local_ip
@@ -85,21 +86,39 @@ class NodeContext:
         self.shared: Any = None
         if settings.redis_url:
             self.shared = self.ledger = shared_state(settings, self.ledger, self.routing.circuits)
-        self.upstream = UpstreamClient(settings, self.redactor, self.routing.circuit, self.count_tokens, self.ledger)
+        # PRICES_FILE: the cost of every call (None without it: nothing is priced, nothing more runs per call)
+        self.prices = Prices(settings.prices) if settings.prices_file else None
+        self.upstream = UpstreamClient(
+            settings, self.redactor, self.routing.circuit, self.count_tokens, self.ledger, self.prices
+        )
         self.in_flight = 0
         self.body_deadlines = Deadlines()  # REQUEST_BODY_TIMEOUT of the bodies still arriving
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []
         self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
 
-    def count_tokens(self, attempt: Attempt, usage: Usage) -> None:
-        """``mira_tokens_total``: the model label is the client's id when it is a listed model, else ``other``."""
+    def count_tokens(self, attempt: Attempt, usage: Usage) -> float | None:
+        """``mira_tokens_total``: the model label is the client's id when it is a listed model, else ``other``.
+
+        With PRICES_FILE, the answer's cost too (``mira_cost_usd_total``, same labels), or, for a model without
+        a price, ``mira_unpriced_calls_total``; the cost is returned (None: unpriced, or no PRICES_FILE).
+        """
         provider = attempt.target.label
         if provider == "custom":
             model = "custom"
         else:
             model = attempt.model_id if attempt.model_id in self._listed else "other"
         metrics.tokens(provider, model, usage.prompt, usage.completion, usage.cache_read, usage.cache_write)
+        prices = self.prices
+        if prices is None:
+            return None
+        price = prices.of(provider, attempt.model_id)
+        if price is None:
+            metrics.unpriced(provider, model)
+            return None
+        cost = cost_of(price, usage)
+        metrics.cost(provider, model, cost)
+        return cost
 
     def admit(self, cancel: Cancel) -> None:
         """One more request in flight (the caller checked MAX_CONCURRENT_REQUESTS)."""

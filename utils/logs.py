@@ -22,6 +22,7 @@ from typing import Any
 import ujson
 
 from utils import metrics
+from utils.cost import usd_text
 from utils.redact import STANDARD_RECORD_FIELDS, RedactingFilter, Redactor, escape_control
 
 access_log = logging.getLogger("mira.access")
@@ -234,6 +235,10 @@ def log_request(handler: Any) -> None:
     if usage is not None:
         fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
         tokens = f" tokens={usage.prompt}/{usage.completion}"
+        cost = getattr(handler, "cost", None)
+        if cost is not None:  # PRICES_FILE priced the answer
+            fields["cost_usd"] = cost
+            tokens += " cost=" + usd_text(cost)
     session = getattr(handler, "session", "")
     if session:
         fields["session"] = session = outside_word(session, 100)

@@ -61,6 +61,26 @@ NODE_TOKENS_TODAY = Gauge(
     "mira_node_tokens_today", "Tokens answers reported since 00:00 UTC, by provider (every provider; the node's workers)",
     ["provider"], multiprocess_mode="livesum",
 )
+COST = Counter(
+    "mira_cost_usd", "USD of the answers PRICES_FILE prices, by provider and model", ["provider", "model"]
+)
+UNPRICED = Counter(
+    "mira_unpriced_calls", "Answers with usage whose model has no price in PRICES_FILE, by provider and model",
+    ["provider", "model"],
+)
+# Per process without REDIS_URL, the shared figure with it, like mira_tokens_today.
+COST_TODAY = Gauge(
+    "mira_cost_today_usd", "USD since 00:00 UTC of a provider the ledger watches (limits), and of the node-wide \"*\"",
+    ["provider"], multiprocess_mode="max",
+)
+BUDGET_USD = Gauge(
+    "mira_budget_usd_per_day", "The usd_per_day budget of PROVIDER_LIMITS_FILE, by provider (\"*\": the node's)",
+    ["provider"], multiprocess_mode="max",
+)
+NODE_COST_TODAY = Gauge(
+    "mira_node_cost_today_usd", "USD of priced answers since 00:00 UTC, by provider (every provider; the node's workers)",
+    ["provider"], multiprocess_mode="livesum",
+)
 STREAM_ENDS = frozenset(("completed", "client_aborted", "upstream_failed", "shutdown"))  # each ends an "opened" stream
 DAY = 86400
 
@@ -163,9 +183,10 @@ class Tally:
     """
 
     streams: int
-    day: int  # days since the epoch that ``today`` counts
+    day: int  # days since the epoch that ``today`` and ``usd`` count
     day_end: float  # the wall-clock time that day ends (one comparison a count)
     today: dict[str, int]  # provider -> tokens
+    usd: dict[str, float]  # provider -> USD of its priced answers
     timer: asyncio.TimerHandle | None
 
     def __init__(self) -> None:
@@ -173,11 +194,15 @@ class Tally:
 
     def reset(self) -> None:
         """Nothing counted (a forked worker starts so: its parent serves no request)."""
-        self.streams, self.day, self.day_end, self.today, self.timer = 0, -1, 0.0, {}, None
+        self.streams, self.day, self.day_end, self.today, self.usd, self.timer = 0, -1, 0.0, {}, {}, None
 
     def tokens_today(self) -> dict[str, int]:
         """Tokens by provider since 00:00 UTC (nothing when the last count was on an earlier day)."""
         return dict(self.today) if self.day == int(time.time() // DAY) else {}
+
+    def usd_today(self) -> dict[str, float]:
+        """USD of priced answers by provider since 00:00 UTC (nothing when the last count was on an earlier day)."""
+        return dict(self.usd) if self.day == int(time.time() // DAY) else {}
 
 
 tally = Tally()
@@ -314,7 +339,10 @@ def _new_day() -> None:
     if day != tally.day:
         for provider in tally.today:
             _batch.set(_child(NODE_TOKENS_TODAY, provider).set, 0)
+        for provider in tally.usd:
+            _batch.set(_child(NODE_COST_TODAY, provider).set, 0)
         tally.today.clear()
+        tally.usd.clear()
         tally.day, tally.day_end = day, (day + 1) * DAY
     if tally.timer is not None:
         tally.timer.cancel()
@@ -324,6 +352,35 @@ def _new_day() -> None:
     except RuntimeError:  # no loop: the counts are read with their day (Tally.tokens_today)
         return
     tally.timer = loop.call_later((day + 1) * DAY - now, _new_day)  # early by the loop clock's drift: set again
+
+
+def cost(provider: str, model: str, usd: float) -> None:
+    """The cost of one priced answer (``model`` labelled as in :func:`tokens`), and the node's cost of the day."""
+    _add(_child(COST, provider, model).inc, usd)
+    if time.time() >= tally.day_end:
+        _new_day()
+    value = tally.usd[provider] = tally.usd.get(provider, 0.0) + usd
+    _batch.set(_child(NODE_COST_TODAY, provider).set, value)
+
+
+def unpriced(provider: str, model: str) -> None:
+    """One answer with usage whose model PRICES_FILE does not price."""
+    _add(_child(UNPRICED, provider, model).inc, 1)
+
+
+def cost_today(provider: str, usd: float) -> None:
+    cost_today_setter(provider)(usd)
+
+
+def cost_today_setter(provider: str) -> Callable[[float], None]:
+    """``mira_cost_today_usd{provider}``'s setter, applied at the end of the loop turn (see :class:`_Batch`)."""
+    setter = _child(COST_TODAY, provider).set
+    return lambda usd: _batch.set(setter, usd)
+
+
+def budget_usd(provider: str, usd: float) -> None:
+    """``mira_budget_usd_per_day{provider}``: set once at start-up for each dollar budget."""
+    _child(BUDGET_USD, provider).set(usd)
 
 
 def limit_refusal(provider: str, limit: str) -> None:

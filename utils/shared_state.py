@@ -36,9 +36,9 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from config import ProviderLimits, Settings, redis_address
+from config import NODE_WIDE, ProviderLimits, Settings, redis_address
 from utils import metrics
-from utils.upstream.ledger import DAY, GO, KEYS_COOLING, LocalLedger, Ticket, session_key
+from utils.upstream.ledger import DAY, GO, KEYS_COOLING, NODE_TOKENS, NODE_USD, LocalLedger, Ticket, session_key
 from utils.upstream.routing import Circuit
 
 log = logging.getLogger("mira.redis")
@@ -46,20 +46,27 @@ log = logging.getLogger("mira.redis")
 RECONNECT_EVERY = 1.0  # seconds between reconnection attempts while Redis is away
 SUMMARY_EVERY = 60.0  # seconds between "still away" summaries
 CIRCUIT_POLL = 0.5  # seconds between reads of the shared circuits
-REFUSALS = ("", "rpm", "tpm", "tokens_per_day", KEYS_COOLING)  # the script's refusal codes
+# the script's refusal codes
+REFUSALS = ("", "rpm", "tpm", "tokens_per_day", KEYS_COOLING, "usd_per_day", NODE_TOKENS, NODE_USD)
 
-# take(provider): limits, then a key that is not cooling, then count the call.
-# KEYS: window hash, day count, cooling hash, turn. ARGV: now, rpm, tpm, tokens_per_day (-1: none),
-# the next 00:00 UTC, the session's key position (-1: none), then the pool's key ids in order.
-# Answer: {key position, refusal code, retry after}.
+# take(provider): the provider's limits, the node-wide budgets ("*"), then a key that is not cooling, then count
+# the call. KEYS: window hash, day count, cooling hash, turn, and with dollar or node-wide budgets (the "budgets"
+# form) the day's cost, the node's day count and the node's day's cost. ARGV: now, rpm, tpm, tokens_per_day (-1:
+# none), the next 00:00 UTC, the session's key position (-1: none), the pool's key ids in order, and in the budgets
+# form usd_per_day, the node's tokens_per_day and usd_per_day (-1: none). Answer: {key position, refusal code,
+# retry after}. A provider without such budgets sends the short form: what it does not use costs it nothing.
 TAKE = """
 local now = tonumber(ARGV[1])
 local rpm, tpm, tpd = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local budgets = #KEYS > 4
+local count = #ARGV - 6 - (budgets and 3 or 0)
+local usd, node_tpd, node_usd = -1, -1, -1
+if budgets then usd, node_tpd, node_usd = tonumber(ARGV[7 + count]), tonumber(ARGV[8 + count]), tonumber(ARGV[9 + count]) end
 local second = math.floor(now)
 local function wait(moment) return math.max(1, math.ceil(moment - now)) end
-if tpd >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tpd then
-  return {0, 3, wait(tonumber(ARGV[5]))}
-end
+local function reached(key, limit) return limit >= 0 and tonumber(redis.call('GET', key) or '0') >= limit end
+if reached(KEYS[2], tpd) then return {0, 3, wait(tonumber(ARGV[5]))} end
+if reached(KEYS[5], usd) then return {0, 5, wait(tonumber(ARGV[5]))} end
 if rpm >= 0 or tpm >= 0 then
   local flat = redis.call('HGETALL', KEYS[1])
   local steps, stale, calls, tokens = {}, {}, 0, 0
@@ -87,7 +94,9 @@ if rpm >= 0 or tpm >= 0 then
   if rpm >= 0 and calls >= rpm then return {0, 1, wait(math.max(room('c', calls, rpm), now + 1))} end
   if tpm >= 0 and tokens >= tpm then return {0, 2, wait(math.max(room('t', tokens, tpm), now + 1))} end
 end
-local key, count, pinned = 0, #ARGV - 6, tonumber(ARGV[6])
+if reached(KEYS[6], node_tpd) then return {0, 6, wait(tonumber(ARGV[5]))} end
+if reached(KEYS[7], node_usd) then return {0, 7, wait(tonumber(ARGV[5]))} end
+local key, pinned = 0, tonumber(ARGV[6])
 if count > 1 then
   key = -1
   if pinned >= 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[7 + pinned]) or '0') <= now then
@@ -122,18 +131,37 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((latest - tonumber(ARGV[3])) * 1000) + 
 return 1
 """
 
-# spend(tokens): KEYS: window hash, day count. ARGV: now, tokens, count tpm (1/0), count the day (1/0), the day's end.
+# spend(tokens, cost): KEYS: window hash, day count, and in the cost form the day's cost, the node's day count and
+# day's cost. ARGV: now, tokens, count tpm (1/0), count the day (1/0), the day's end, and in the cost form the cost
+# in USD ('': unpriced) and count the node's day (1/0). Answer: the day's count; in the cost form {the day's count,
+# the day's cost, the node's count, the node's cost} (0 or '' for what was not counted; the costs as text: a
+# script's number would lose its fraction).
 SPEND = """
 local today = 0
+local expires = tonumber(ARGV[5]) + 3600
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 't:' .. math.floor(tonumber(ARGV[1])), ARGV[2])
   redis.call('EXPIRE', KEYS[1], 62)
 end
 if ARGV[4] == '1' then
   today = redis.call('INCRBY', KEYS[2], ARGV[2])
-  redis.call('EXPIREAT', KEYS[2], tonumber(ARGV[5]) + 3600)
+  redis.call('EXPIREAT', KEYS[2], expires)
 end
-return today
+if #ARGV < 6 then return today end
+local usd, node_today, node_usd = '', 0, ''
+if ARGV[6] ~= '' then
+  usd = redis.call('INCRBYFLOAT', KEYS[3], ARGV[6])
+  redis.call('EXPIREAT', KEYS[3], expires)
+end
+if ARGV[7] == '1' then
+  node_today = redis.call('INCRBY', KEYS[4], ARGV[2])
+  redis.call('EXPIREAT', KEYS[4], expires)
+  if ARGV[6] ~= '' then
+    node_usd = redis.call('INCRBYFLOAT', KEYS[5], ARGV[6])
+    redis.call('EXPIREAT', KEYS[5], expires)
+  end
+end
+return {today, usd, node_today, node_usd}
 """
 
 # A connection is only trusted once a script answers what it must (a server that speaks RESP but not Redis fails it).
@@ -393,6 +421,29 @@ class SharedLedger:
         self._ids = {name: [key_id(key) for key in keys] for name, keys in pools.items()}
         none = ProviderLimits()
         self._limits = {name: limits.get(name, none) for name in pools}
+        self._node = limits.get(NODE_WIDE)  # the node-wide budgets, checked by every take when there are any
+        node = self._node or none
+        # what a take sends besides the time and the keys, made once: the window limits and the daily budget, and
+        # in the budgets form (a dollar budget, or a node-wide entry) those budgets (see TAKE)
+        self._windows = {
+            name: (_limit(lim.rpm), _limit(lim.tpm), _limit(lim.tokens_per_day)) for name, lim in self._limits.items()
+        }
+        self._budgets = {
+            name: (_limit(lim.usd_per_day), _limit(node.tokens_per_day), _limit(node.usd_per_day))
+            if lim.usd_per_day is not None or self._node is not None else ()
+            for name, lim in self._limits.items()
+        }
+        self._days: dict[str, tuple[int, tuple[str, str, str, str]]] = {}  # provider -> (day, the day's keys)
+
+    def _day_keys(self, provider: str, day: int) -> tuple[str, str, str, str]:
+        """The day's count, the day's cost, the node's count and the node's cost keys of ``day`` (made once a day)."""
+        made = self._days.get(provider)
+        if made is None or made[0] != day:
+            named, date = self.link.key, str(day)
+            keys = (named("day", provider, date), named("usd", provider, date), named("day", NODE_WIDE, date),
+                    named("usd", NODE_WIDE, date))
+            made = self._days[provider] = (day, keys)
+        return made[1]
 
     async def start(self) -> None:
         """Connect (one try, so that the first requests share already), then keep it and poll the circuits."""
@@ -405,15 +456,15 @@ class SharedLedger:
 
     async def take(self, provider: str, session: str = "") -> Ticket:
         now = self.local.clock()
-        limits = self._limits[provider]
         window, cooling, turn = self._keys[provider]
         day = int(now // DAY)
+        days = self._day_keys(provider, day)
         ids = self._ids[provider]
         pinned = session_key(session, len(ids)) if session and len(ids) > 1 else -1
+        budgets = self._budgets[provider]
+        keys = (window, days[0], cooling, turn, days[1], days[2], days[3]) if budgets else (window, days[0], cooling, turn)
         answer = await self.link.run(
-            "take", (window, self.link.key("day", provider, str(day)), cooling, turn),
-            (repr(now), _limit(limits.rpm), _limit(limits.tpm), _limit(limits.tokens_per_day), (day + 1) * DAY,
-             pinned, *ids),
+            "take", keys, (repr(now), *self._windows[provider], (day + 1) * DAY, pinned, *ids, *budgets),
         )
         if answer is None:
             return self.local.take(provider, session)
@@ -434,25 +485,46 @@ class SharedLedger:
         now = self.local.clock()
         await self.link.run("cool", (self._keys[provider][1],), (self._ids[provider][key], repr(now + seconds), repr(now)))
 
-    def spend(self, provider: str, tokens: int) -> None:
-        self.local.spend(provider, tokens)
+    def spend(self, provider: str, tokens: int, cost: float | None = None) -> None:
+        self.local.spend(provider, tokens, cost)
         limits = self._limits[provider]
-        if tokens <= 0 or (limits.tpm is None and limits.tokens_per_day is None) or not self.link.up:
+        windowed = tokens > 0 and (limits.tpm is not None or limits.tokens_per_day is not None)
+        costed = cost is not None or self._node is not None  # the cost form of SPEND
+        if not (windowed or costed) or not self.link.up:
             return
-        self.link.fire(self._spend(provider, tokens, limits))
+        self.link.fire(self._spend(provider, tokens, cost, limits, costed))
 
-    async def _spend(self, provider: str, tokens: int, limits: ProviderLimits) -> None:
+    async def _spend(self, provider: str, tokens: int, cost: float | None, limits: ProviderLimits, costed: bool) -> None:
         now = self.local.clock()
         day = int(now // DAY)
-        today = await self.link.run(
-            "spend", (self._keys[provider][0], self.link.key("day", provider, str(day))),
-            (repr(now), tokens, int(limits.tpm is not None), int(limits.tokens_per_day is not None), (day + 1) * DAY),
+        days = self._day_keys(provider, day)
+        counted = tokens > 0
+        args = (repr(now), tokens, int(counted and limits.tpm is not None), int(counted and limits.tokens_per_day is not None),
+                (day + 1) * DAY)
+        if not costed:
+            today = await self.link.run("spend", (self._keys[provider][0], days[0]), args)
+            if isinstance(today, int) and today > 0:
+                metrics.tokens_today(provider, today)
+            return
+        answer = await self.link.run(
+            "spend", (self._keys[provider][0], *days), (*args, "" if cost is None else repr(cost), int(self._node is not None)),
         )
+        if not isinstance(answer, list) or len(answer) != 4:
+            return
+        today, usd, node_today, node_usd = answer
         if isinstance(today, int) and today > 0:
             metrics.tokens_today(provider, today)
+        if self._node is not None and self._node.tokens_per_day is not None and isinstance(node_today, int):
+            metrics.tokens_today(NODE_WIDE, node_today)
+        for name, text in ((provider, usd), (NODE_WIDE, node_usd)):
+            if text:
+                try:
+                    metrics.cost_today(name, float(text))
+                except ValueError:
+                    pass
 
 
-def _limit(value: int | None) -> int:
+def _limit(value: float | None) -> float:
     return -1 if value is None else value
 
 

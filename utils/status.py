@@ -4,11 +4,11 @@ Cheap by design (the page asks every 2 s): nothing here walks the requests or
 streams in flight. Two kinds of figures:
 
 * the node's own, summed over its workers: requests and streams in flight and
-  tokens since 00:00 UTC by provider. One process counts them itself
+  tokens (and, with PRICES_FILE, USD) since 00:00 UTC by provider. One process counts them itself
   (``NodeContext.in_flight``, :data:`utils.metrics.tally`); with WORKERS > 1
   every worker also keeps them in prometheus_client's multi-process files
   (the ``livesum`` gauges ``mira_requests_in_flight``, ``mira_streams_open``,
-  ``mira_node_tokens_today``, which /metrics sums too), and the answer reads
+  ``mira_node_tokens_today``, ``mira_node_cost_today_usd``, which /metrics sums too), and the answer reads
   the live workers' files: a few small files, whatever the load. A worker that
   dies takes its figures with it (server.py removes its file).
 * the state that decides calls: circuits, key cooling, limit windows. Without
@@ -35,7 +35,7 @@ from typing import Any
 
 from prometheus_client.mmap_dict import MmapedDict
 
-from config import Settings
+from config import NODE_WIDE, Settings
 from utils import metrics
 from utils.context import NodeContext
 from utils.upstream.ledger import DAY, WINDOW, LocalLedger
@@ -45,6 +45,7 @@ STARTED = time.time()  # the node's start: set on import, before server.py forks
 # The multi-process gauge samples this module reads, and the Worker field each goes to.
 _SAMPLES = {"mira_requests_in_flight": "requests", "mira_streams_open": "streams"}
 _TOKENS_TODAY = "mira_node_tokens_today"
+_COST_TODAY = "mira_node_cost_today_usd"
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Worker:
     requests: int = 0
     streams: int = 0
     tokens_today: dict[str, int] = field(default_factory=dict)
+    usd_today: dict[str, float] = field(default_factory=dict)
 
 
 def workers_from_files(folder: str, skip_pid: int) -> list[Worker]:
@@ -80,6 +82,8 @@ def workers_from_files(folder: str, skip_pid: int) -> list[Worker]:
                 setattr(worker, _SAMPLES[name], int(value))
             elif name == _TOKENS_TODAY and value:
                 worker.tokens_today[provider] = int(value)
+            elif name == _COST_TODAY and value:
+                worker.usd_today[provider] = value
         workers.append(worker)
     workers.sort(key=lambda w: w.pid)
     return workers
@@ -101,7 +105,8 @@ def node_workers(ctx: NodeContext) -> list[Worker]:
     """The figures of each worker: this process's own, or every live worker's from their files."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
-        return [Worker(os.getpid(), ctx.in_flight, metrics.tally.streams, metrics.tally.tokens_today())]
+        tally = metrics.tally
+        return [Worker(os.getpid(), ctx.in_flight, tally.streams, tally.tokens_today(), tally.usd_today())]
     metrics.flush()  # this worker's updates of the current loop turn, into its file first
     return workers_from_files(folder, os.getppid())
 
@@ -113,21 +118,24 @@ def node_workers(ctx: NodeContext) -> list[Worker]:
 class Usage:
     """A provider's use of its limits and its keys' cooling, wherever they were read."""
 
-    used: dict[str, int]  # rpm, tpm, tokens_per_day
+    used: dict[str, float]  # rpm, tpm, tokens_per_day, usd_per_day
     cooling_until: list[float]  # wall-clock time each key (by position) is free again
 
 
 def local_usage(ledger: LocalLedger, provider: str, now: float) -> Usage:
-    """What this process's ledger holds (read only: the windows are not slid)."""
-    book = ledger.books[provider]
+    """What this process's ledger holds (read only: the windows are not slid); ``"*"``: the node-wide book."""
+    book = ledger.node if provider == NODE_WIDE else ledger.books[provider]
+    if book is None:
+        return Usage({}, [])
     oldest = int(now) - WINDOW
     calls = tokens = 0
     for second, step_calls, step_tokens in book.steps:
         if second > oldest:
             calls += step_calls
             tokens += step_tokens
-    today = book.today if book.day == int(now // DAY) else 0
-    return Usage({"rpm": calls, "tpm": tokens, "tokens_per_day": today}, list(book.cool_until))
+    current = book.day == int(now // DAY)
+    today, usd = (book.today, book.usd) if current else (0, 0.0)
+    return Usage({"rpm": calls, "tpm": tokens, "tokens_per_day": today, "usd_per_day": usd}, list(book.cool_until))
 
 
 def _text(value: Any) -> str:
@@ -138,7 +146,8 @@ async def shared_usage(ctx: NodeContext, providers: list[str], now: float) -> di
     """The shared windows, day counts and key cooling, in one pipelined round trip; None when Redis does not answer.
 
     The keys are those utils/shared_state.py writes: ``win:P`` (fields ``c:SECOND`` calls, ``t:SECOND``
-    tokens), ``day:P:DAY`` and ``cool:P`` (a key's id, never the key, to the time it is free again).
+    tokens), ``day:P:DAY``, ``usd:P:DAY`` (the day's cost) and ``cool:P`` (a key's id, never the key, to the time
+    it is free again); ``P`` is ``*`` for the node-wide budgets.
     """
     from utils.shared_state import key_id  # only with REDIS_URL
 
@@ -153,6 +162,7 @@ async def shared_usage(ctx: NodeContext, providers: list[str], now: float) -> di
         pipe.hgetall(link.key("win", name))
         pipe.get(link.key("day", name, str(day)))
         pipe.hgetall(link.key("cool", name))
+        pipe.get(link.key("usd", name, str(day)))
     try:
         async with asyncio.timeout(link.timeout):
             answers = await pipe.execute()
@@ -160,19 +170,19 @@ async def shared_usage(ctx: NodeContext, providers: list[str], now: float) -> di
         return None
     found = {}
     for at, name in enumerate(providers):
-        window, today, cooling = answers[3 * at : 3 * at + 3]
-        used = {"rpm": 0, "tpm": 0, "tokens_per_day": int(today or 0)}
+        window, today, cooling, usd = answers[4 * at : 4 * at + 4]
+        used: dict[str, float] = {"rpm": 0, "tpm": 0, "tokens_per_day": int(today or 0), "usd_per_day": float(usd or 0)}
         for raw_field, raw_count in (window or {}).items():
             kind, _, second = _text(raw_field).partition(":")
             if second.isdigit() and int(second) > oldest:
                 used["rpm" if kind == "c" else "tpm"] += int(raw_count)
         free = {_text(k): float(v) for k, v in (cooling or {}).items()}
-        keys = ctx.settings.providers[name].api_keys
+        keys = ctx.settings.providers[name].api_keys if name in ctx.settings.providers else ()
         found[name] = Usage(used, [free.get(key_id(key), 0.0) for key in keys])
     return found
 
 
-def limits_of(settings: Settings, provider: str, used: dict[str, int]) -> dict[str, dict[str, Any]]:
+def limits_of(settings: Settings, provider: str, used: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Each limit PROVIDER_LIMITS_FILE sets for the provider, with what is used of it (None: not known here)."""
     limits = settings.provider_limits.get(provider)
     if limits is None:
@@ -197,16 +207,21 @@ async def status(ctx: NodeContext) -> dict[str, Any]:
     assert isinstance(local, LocalLedger)
     now = local.clock()
     names = list(settings.providers)
+    node_wide = NODE_WIDE in settings.provider_limits  # the node's own budgets: one more row, "*"
     shared: dict[str, Usage] | None = None
     if ctx.shared is not None:
         watched = [n for n in names if n in settings.provider_limits or len(settings.providers[n].api_keys) > 1]
-        shared = await shared_usage(ctx, watched, now)
+        shared = await shared_usage(ctx, watched + [NODE_WIDE] * node_wide, now)
     workers = node_workers(ctx)
     tokens_today: dict[str, int] = {}
+    usd_today: dict[str, float] = {}
     for worker in workers:
         for provider, count in worker.tokens_today.items():
             tokens_today[provider] = tokens_today.get(provider, 0) + count
-    providers = []
+        for provider, usd in worker.usd_today.items():
+            usd_today[provider] = usd_today.get(provider, 0.0) + usd
+    priced = ctx.prices is not None  # with PRICES_FILE, each row says what its calls cost today
+    providers: list[dict[str, Any]] = []
     for name in names:
         usage = shared[name] if shared is not None and name in shared else local_usage(local, name, now)
         keys = len(settings.providers[name].api_keys)
@@ -221,9 +236,19 @@ async def status(ctx: NodeContext) -> dict[str, Any]:
             "limits": limits_of(settings, name, usage.used),
             "tokens_today": tokens_today.get(name, 0),
         })
+        if priced:
+            providers[-1]["usd_today"] = round(usd_today.get(name, 0.0), 10)
     if tokens_today.get("custom"):
         providers.append({"name": "custom", "configured": settings.allow_custom_providers, "circuit": None, "keys": [],
                           "limits": {}, "tokens_today": tokens_today["custom"]})
+        if priced:
+            providers[-1]["usd_today"] = None  # never priced: the caller's own key
+    if node_wide:
+        usage = shared[NODE_WIDE] if shared is not None and NODE_WIDE in shared else local_usage(local, NODE_WIDE, now)
+        providers.append({"name": NODE_WIDE, "configured": True, "circuit": None, "keys": [],
+                          "limits": limits_of(settings, NODE_WIDE, usage.used), "tokens_today": sum(tokens_today.values())})
+        if priced:
+            providers[-1]["usd_today"] = round(sum(usd_today.values()), 10)
     redis = "off" if ctx.shared is None else ("up" if ctx.shared.link.up else "down")
     return {
         "version": settings.version,

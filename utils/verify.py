@@ -18,6 +18,7 @@ import ujson
 from models.errors import ApiError
 from models.verify import ModelRef, VerifyRequest
 from utils.upstream import Cancel, ProviderRegistry, UpstreamClient
+from utils.upstream.routing import header_safe
 
 TOOL_NAME = "verify_statement"
 
@@ -178,7 +179,9 @@ async def complete_chat(
     """
     if cancel is not None:
         cancel.check()  # a transfer begun after cancel() would not be aborted
-    attempt = registry.attempt(ref.chat_request(payload), ref.id)
+    # the model as routed (after aliases and DEFAULT_PROVIDER), as chat names it: its usage, limits and price
+    routed = ref.id if ref.custom is not None else header_safe(f"{ref.provider}/{ref.name}")
+    attempt = registry.attempt(ref.chat_request(payload), routed)
     response = await upstream.complete(attempt, cancel)
     try:
         return ujson.loads(response.body)

@@ -25,11 +25,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from config import Settings
 from models.errors import ApiError
 from utils import metrics
+from utils.cost import Prices, unpriced_model
 from utils.redact import Redactor
 from utils.upstream.failures import (
     SHUTDOWN,
@@ -94,11 +95,12 @@ class Cancel:
     reaches the upstream.
     """
 
-    __slots__ = ("cancelled", "reason", "_transfers", "_sleepers")
+    __slots__ = ("cancelled", "reason", "trace", "_transfers", "_sleepers")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.reason = ""
+        self.trace: Any = None  # the request's utils.spans.RequestTrace while tracing is on: each attempt's span
         self._transfers: set[Transfer] = set()
         self._sleepers: list[asyncio.Future[None]] = []  # the back-off pauses under way (see sleep)
 
@@ -155,6 +157,7 @@ class UpstreamResponse:
     body: bytes
     content_type: str
     usage: Usage | None = None
+    cost: float | None = None  # USD, when PRICES_FILE prices the answer
 
 
 def _name(error: ApiError, attempt: Attempt) -> ApiError:
@@ -172,8 +175,9 @@ class UpstreamClient:
         settings: Settings,
         redactor: Redactor,
         circuit_of: Callable[[Target], Circuit | None] | None = None,
-        on_usage: Callable[[Attempt, Usage], None] | None = None,
+        on_usage: Callable[[Attempt, Usage], float | None] | None = None,
         ledger: Ledger | None = None,
+        prices: Prices | None = None,
     ) -> None:
         # libcurl's verbose trace (Tornado turns it on at DEBUG) prints request
         # headers, Authorization included: never let it run.
@@ -184,7 +188,8 @@ class UpstreamClient:
         self.transport = Transport(settings.upstream_max_connections, settings.upstream_ca_bundle)
         self.loop = self.transport.loop
         self.circuit_of = circuit_of or (lambda target: None)
-        self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage
+        self.on_usage = on_usage  # token accounting (metrics) of every answer that reports usage; its cost
+        self.prices = prices  # PRICES_FILE (None: unset): a call under a dollar budget needs a price
         # key pools, limits and budgets of the gated targets (an empty one when none is gated)
         self.ledger: Ledger = ledger if ledger is not None else LocalLedger({}, {})
 
@@ -215,7 +220,7 @@ class UpstreamClient:
         """:meth:`complete` on the first attempt that answers; the answer and that attempt."""
         response, attempt = await self._across(plan, self._attempt_json, cancel)
         if response.usage is not None:
-            self._used(attempt, response.usage)
+            response.cost = self._used(attempt, response.usage)
         return response, attempt
 
     async def stream_plan(
@@ -236,15 +241,16 @@ class UpstreamClient:
 
         result, attempt = await self._across(plan, try_once, cancel)
         if result.usage is not None:
-            self._used(attempt, result.usage)
+            result.cost = self._used(attempt, result.usage)
         return result, attempt
 
-    def _used(self, attempt: Attempt, usage: Usage) -> None:
-        """An answer's reported tokens: metrics, and the provider's limits when it has any."""
-        if self.on_usage is not None:
-            self.on_usage(attempt, usage)
+    def _used(self, attempt: Attempt, usage: Usage) -> float | None:
+        """An answer's reported tokens: metrics and cost (None: unpriced, or no PRICES_FILE), and the provider's
+        limits and budgets when it has any; the cost."""
+        cost = self.on_usage(attempt, usage) if self.on_usage is not None else None
         if attempt.target.limited:
-            self.ledger.spend(attempt.target.label, usage.prompt + usage.completion)
+            self.ledger.spend(attempt.target.label, usage.prompt + usage.completion, cost)
+        return cost
 
     # -- the attempt engine ------------------------------------------------------------
 
@@ -268,6 +274,7 @@ class UpstreamClient:
         first: ApiError | None = None
         previous: Attempt | None = None
         policy, ledger = self.policy, self.ledger
+        trace = cancel.trace if cancel is not None else None  # tracing on: a CLIENT span per attempt
         for attempt in plan:
             target = attempt.target
             circuit = self.circuit_of(target)
@@ -281,6 +288,10 @@ class UpstreamClient:
                 key = 0
                 while True:
                     if target.gated:
+                        if target.usd_budget and (self.prices is None or self.prices.of(target.label, attempt.model_id) is None):
+                            # a dollar budget cannot count a call it has no price for: refused, never sent
+                            error = unpriced_model(attempt.model_id, target.usd_budget)
+                            break
                         # a key pool or limits: the ledger picks the key, or refuses the call before it is sent
                         ticket = ledger.take(target.label, attempt.session)
                         if not isinstance(ticket, Ticket):
@@ -291,8 +302,13 @@ class UpstreamClient:
                         key = ticket.key
                         if target.pool:
                             attempt = attempt._replace(target=target.pool[key])
+                    if trace is None:
+                        call = try_once(attempt, cancel)
+                    else:
+                        pooled = key + 1 if target.pool else 0  # the key's position (mira.key)
+                        call = trace.attempt(try_once, attempt, cancel, tried, previous is not None, pooled)
                     try:
-                        value = await try_once(attempt, cancel)
+                        value = await call
                     except UpstreamFailure as failure:
                         if target.pool and policy.cools_key(failure) and switches < len(target.pool):
                             assert isinstance(failure, UpstreamStatus)

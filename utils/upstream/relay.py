@@ -42,6 +42,7 @@ class StreamResult:
     ttfb: float | None = None
     model_id: str = ""  # the model of the route being tried (the one that answered, in the end)
     usage: Usage | None = None
+    cost: float | None = None  # USD, when PRICES_FILE prices the answer
 
 
 class Relay:

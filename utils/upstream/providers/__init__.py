@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from config import PROVIDERS, Settings
+from config import NODE_WIDE, PROVIDERS, Settings
 from models.chat import ProviderNames, ProxyRequest
 from models.endpoints import CHAT, ENDPOINTS, Endpoint
 from models.errors import ApiError
@@ -81,11 +81,19 @@ class ProviderRegistry:
         # provider name -> the node's endpoint path -> target, for every endpoint the provider's family offers
         self._targets: dict[str, dict[str, Target]] = {}
         self.configured = {name for name, p in settings.providers.items() if p.configured}
+        limits = settings.provider_limits
+        node = limits.get(NODE_WIDE)  # the node-wide entry: every provider counts toward it
         for name, p in settings.providers.items():
             family = self.families[p.api]
-            limited = name in settings.provider_limits
+            limited = name in limits or node is not None
+            own = limits.get(name)
+            # whose dollar budget applies to the provider's calls ("": none): its own, else the node's
+            usd_budget = (
+                name if own is not None and own.usd_per_day is not None
+                else 'the node ("*")' if node is not None and node.usd_per_day is not None else ""
+            )
             self._targets[name] = {
-                e.path: self._configured(name, family, p.base_url, p.api_keys, limited, e)
+                e.path: self._configured(name, family, p.base_url, p.api_keys, limited, e, usd_budget)
                 for e in ENDPOINTS if family.path(e) is not None
             } if name in self.configured else {}
         self.apis = {name: p.api for name, p in settings.providers.items()}  # the family of each provider
@@ -114,14 +122,15 @@ class ProviderRegistry:
         )
 
     def _configured(
-        self, name: str, family: Family, base_url: str, keys: tuple[str, ...], limited: bool, endpoint: Endpoint
+        self, name: str, family: Family, base_url: str, keys: tuple[str, ...], limited: bool, endpoint: Endpoint,
+        usd_budget: str = "",
     ) -> Target:
         """A configured provider's target; with a pool or limits, gated, with a target per key."""
         keyed = tuple(self.make_target(name, base_url, key, endpoint=endpoint, api=family.api) for key in keys or ("",))
         if len(keyed) == 1 and not limited:
             return keyed[0]
         if limited:
-            keyed = tuple(replace(target, limited=True) for target in keyed)
+            keyed = tuple(replace(target, limited=True, usd_budget=usd_budget) for target in keyed)
         return replace(keyed[0], gated=True, pool=keyed if len(keyed) > 1 else ())
 
     @property

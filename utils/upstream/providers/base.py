@@ -106,6 +106,7 @@ class Target:
     # before each call (gated); ``pool`` holds the target of each key of a pool of two or more.
     gated: bool = False
     limited: bool = False  # its answers' tokens are counted against its limits
+    usd_budget: str = ""  # whose dollar budget (usd_per_day) applies: its provider's name, or the node's; "": none
     pool: tuple[Target, ...] = field(default=(), repr=False)
 
 
