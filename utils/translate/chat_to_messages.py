@@ -28,7 +28,7 @@ import ujson
 
 from models.errors import ApiError, bad_request
 from models.usage import Usage
-from utils.translate.common import bad, last_boundary, text_of, to_json, typed_items
+from utils.translate.common import bad, last_boundary, text_of, to_json, tool_parts, typed_items
 
 PROVIDER = "anthropic"
 
@@ -294,20 +294,10 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
     function = tool.get("function")
     if not isinstance(function, dict):
         raise bad(f"{where}.function", "must be an object")
-    name = function.get("name")
-    if not isinstance(name, str) or not name:
-        raise bad(f"{where}.function.name", "must be a non-empty string")
+    name, description, parameters = tool_parts(function, f"{where}.function", "parameters")
     out: dict[str, Any] = {"name": name}
-    description = function.get("description")
     if description is not None:
-        if not isinstance(description, str):
-            raise bad(f"{where}.function.description", "must be a string")
         out["description"] = description
-    parameters = function.get("parameters")
-    if parameters is None:
-        parameters = {"type": "object", "properties": {}}
-    elif not isinstance(parameters, dict):
-        raise bad(f"{where}.function.parameters", "must be an object")
     out["input_schema"] = parameters
     return out
 

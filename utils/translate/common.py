@@ -42,6 +42,23 @@ def text_of(item: dict[str, Any], where: str, key: str = "text") -> str:
     return text
 
 
+def tool_parts(source: dict[str, Any], where: str, schema_key: str) -> tuple[str, str | None, dict[str, Any]]:
+    """A tool definition's name, description (None when absent) and JSON schema (an empty object schema when absent),
+    in either dialect (chat's ``function`` object with ``parameters``, a Messages tool with ``input_schema``)."""
+    name = source.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad(f"{where}.name", "must be a non-empty string")
+    description = source.get("description")
+    if description is not None and not isinstance(description, str):
+        raise bad(f"{where}.description", "must be a string")
+    schema = source.get(schema_key)
+    if schema is None:
+        schema = {"type": "object", "properties": {}}
+    elif not isinstance(schema, dict):
+        raise bad(f"{where}.{schema_key}", "must be an object")
+    return name, description, schema
+
+
 def last_boundary(data: bytes) -> int:
     """The index just past the last blank line of ``data`` (LF, CRLF or a mix), 0 when there is none."""
     end = data.rfind(b"\n\n")

@@ -32,7 +32,7 @@ import ujson
 
 from models.errors import ApiError
 from models.usage import Usage
-from utils.translate.common import bad, last_boundary, text_of, to_json, typed_items
+from utils.translate.common import bad, last_boundary, text_of, to_json, tool_parts, typed_items
 
 __all__ = ["MessagesStream", "chat_body", "count_tokens_estimate", "error_event", "messages_answer"]
 
@@ -303,20 +303,10 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
     kind = tool.get("type")
     if kind is not None and kind != "custom":
         raise bad(f"{where}.type", f"is {kind!r}: a server tool, which {TARGET} cannot run")
-    name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise bad(f"{where}.name", "must be a non-empty string")
+    name, description, schema = tool_parts(tool, where, "input_schema")
     function: dict[str, Any] = {"name": name}
-    description = tool.get("description")
     if description is not None:
-        if not isinstance(description, str):
-            raise bad(f"{where}.description", "must be a string")
         function["description"] = description
-    schema = tool.get("input_schema")
-    if schema is None:
-        schema = {"type": "object", "properties": {}}
-    elif not isinstance(schema, dict):
-        raise bad(f"{where}.input_schema", "must be an object")
     function["parameters"] = schema
     return {"type": "function", "function": function}
 
