@@ -47,18 +47,16 @@ class CountTokensHandler(MessagesHandler):
 
     endpoint = COUNT_TOKENS
 
-    async def post(self) -> None:
-        if not self.body_received():
-            return
-        request = self.parse()
+    def answered_here(self, request: ProxyRequest) -> bool:
+        """A provider of the other dialect: the node's estimate; a Messages provider: relayed (False)."""
         api = request.custom.api if request.custom is not None else self.ctx.registry.apis[request.provider]
         if api == "anthropic":
-            await super().post_parsed(request)
-            return
+            return False
         self.provider = request.provider
         self.set_header("X-Mira-Token-Count", "estimate")
         self.answered_by(header_safe(f"{request.provider}/{request.model}" if request.custom is None else request.model))
         self.write_json({"input_tokens": count_tokens_estimate(request.body)})
+        return True
 
 
 routes = [

@@ -30,12 +30,12 @@ class ProxyHandler(ApiHandler):
         cls.route_name = cls.endpoint.route  # the metrics and log name is the endpoint's
 
     async def post(self) -> None:
+        """Validate, plan, call and answer (one coroutine: this is the hot path)."""
         if not self.body_received():
             return
-        await self.post_parsed(self.parse())
-
-    async def post_parsed(self, request: ProxyRequest) -> None:
-        """Plan, call and answer a validated request."""
+        request = self.parse()
+        if self.answered_here(request):
+            return
         ctx = self.ctx
         self.session = request.session
         self.model = request.client_model
@@ -80,6 +80,10 @@ class ProxyHandler(ApiHandler):
             return
         metrics.stream_event("completed")
         self.finish()
+
+    def answered_here(self, request: ProxyRequest) -> bool:
+        """Whether the node answers ``request`` itself, with no upstream call (count_tokens' estimate)."""
+        return False
 
     def parse(self) -> ProxyRequest:
         """The validated request (a 400 raised when it is not)."""
