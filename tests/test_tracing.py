@@ -314,6 +314,19 @@ def test_a_caller_that_does_not_sample_gets_no_spans_but_its_trace_goes_on(
     assert unsampled[1] == CALLER_TRACE and unsampled[3] == "00"
 
 
+def test_each_worker_exports_its_own_spans(spawn_node: Any, upstream: MockUpstream, receiver: OtlpReceiver) -> None:
+    """WORKERS=2: each worker sets tracing up after its fork; both export, and a SIGTERM stops them all."""
+    node = spawn_node(traced(receiver, WORKERS="2"))
+    pids = {int(node.wait_for_line(rf"worker {i} serving \(pid (\d+)\)").group(1)) for i in (0, 1)}
+    for _ in range(30):  # each call a connection of its own: the kernel spreads them over the workers' sockets
+        assert call(node, chat())[0] == 200
+    servers, _ = spans_of(receiver, clients=30, servers=30)
+    assert len({span.trace_id for span in servers}) == 30
+    assert len({span.resource["service.instance.id"] for span in servers}) == 2  # both workers exported
+    assert node.stop() == 0
+    assert {int(pid) for pid in re.findall(r"mira\.tracing\[(\d+)\]: tracing: spans go to", node.output)} == pids
+
+
 def test_the_sdks_variables_choose_the_sampler_and_the_resource(
     spawn_node: Any, upstream: MockUpstream, receiver: OtlpReceiver
 ) -> None:
@@ -382,7 +395,8 @@ def test_a_streams_id_model_and_finish_reasons_are_read_wherever_its_chunks_are_
             return StreamUsage(False)
 
     events = [
-        b'data: {"id": "chatcmpl-7", "model": "gpt-x", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n',
+        b'data: {"id": "chatcmpl-7", "model": "gpt-x", "choices": [{"index": 0, "delta": {"content": "Hi"},'
+        b' "finish_reason": null}]}\n\n',
         b'data: {"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
         b'data: {"id":"chatcmpl-7","choices":[{"index":1,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n',
     ]

@@ -153,12 +153,18 @@ class Tracing:
         self.provider = TracerProvider(resource=resource(settings.version), shutdown_on_exit=False)
         self.provider.add_span_processor(self.processor)
         self.sampler = self.provider.sampler
+        # The SDK's own samplers (every one OTEL_TRACES_SAMPLER names but a plugin's) decide a child of the node's
+        # SERVER span as they decided that span: a parent-based one follows it, a ratio reads the same trace id, a
+        # static one is constant. Its CLIENT spans then take its decision without asking (a few µs each).
+        self.children_follow = type(self.sampler) in (
+            sampling.StaticSampler, sampling.TraceIdRatioBased, sampling.ParentBased, sampling.ParentBasedTraceIdRatio
+        )
         self.ids = self.provider.id_generator
         self.scope = InstrumentationScope("mira.node", settings.version)
         self.resource = self.provider.resource
         self.propagator = TraceContextTextMapPropagator()  # W3C trace context only: no baggage in, none out
         self._addresses: dict[str, tuple[str, int]] = {}
-        self._models: dict[tuple[str, bool, str], str] = {}  # (model id, a custom provider's key) -> gen_ai.request.model
+        self._models: dict[tuple[str, bool, str], str] = {}  # (model id, custom?, its key) -> gen_ai.request.model
         self._models_made_with = -1  # the redactor's generation they were masked with
         log.info("tracing: spans go to %s", masked_url(settings.traces_url))
 
@@ -174,10 +180,18 @@ class Tracing:
         else:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
         sampler = self.sampler
-        if sampler is sampling.DEFAULT_ON or sampler is sampling.ALWAYS_ON:
-            # what those two decide, without the call (a few µs a span): the default samples a root and follows
-            # a parent's flag; always_on samples every span; both keep the parent's trace state
-            sampled = parent is None or sampler is sampling.ALWAYS_ON or parent.trace_flags.sampled
+        if parent is not None and not parent.is_remote and self.children_follow:
+            # a child of the node's own span decides as its parent did (see children_follow)
+            return LeanSpan(name, kind, SpanContext(trace_id, ids.generate_span_id(), False, parent.trace_flags,
+                                                    parent.trace_state), parent, start, attributes)
+        if sampler is sampling.DEFAULT_ON or sampler is sampling.DEFAULT_OFF:
+            # what the SDK's samplers without an argument decide, without the call (a few µs a span): the parent-based
+            # ones follow a parent's flag and sample a root or not; always_on and always_off; all keep the parent's
+            # trace state
+            sampled = parent.trace_flags.sampled if parent is not None else sampler is sampling.DEFAULT_ON
+            state = parent.trace_state if parent is not None else None
+        elif sampler is sampling.ALWAYS_ON or sampler is sampling.ALWAYS_OFF:
+            sampled = sampler is sampling.ALWAYS_ON
             state = parent.trace_state if parent is not None else None
         else:
             if parent_context is None and parent is not None:  # a CLIENT span: its parent as the sampler sees one
@@ -311,19 +325,34 @@ class RequestTrace:
             span.status = ERROR
         tracing.close(span)
 
-    async def attempt(
+    def attempt(
         self, try_once: Callable[[Attempt, Any], Awaitable[T]], attempt: Attempt, cancel: Any, tried: int,
         fallback: bool, key: int,
-    ) -> T:
+    ) -> Awaitable[T]:
         """``try_once(attempt, cancel)`` inside its CLIENT span, the call carrying the span's ``traceparent``.
 
         ``tried`` is the retry number (0 first), ``fallback`` whether the attempt's target is a fallback,
-        ``key`` the key's position in the provider's pool (0: no pool).
+        ``key`` the key's position in the provider's pool (0: no pool). A request that is not sampled records
+        nothing: its call only carries the trace context on.
         """
         tracing = self.tracing
         server = self.span
         if server is None:  # the request has finished (an eval's cells being cut): no span to hang it on
-            return await try_once(attempt, cancel)
+            return try_once(attempt, cancel)
+        parent = server.context
+        if not parent.trace_flags & 1 and tracing.children_follow:
+            context = SpanContext(parent.trace_id, tracing.ids.generate_span_id(), False, parent.trace_flags,
+                                  parent.trace_state)
+            return try_once(attempt._replace(headers=attempt.headers + trace_headers(context)), cancel)
+        return self._traced(try_once, attempt, cancel, tried, fallback, key)
+
+    async def _traced(
+        self, try_once: Callable[[Attempt, Any], Awaitable[T]], attempt: Attempt, cancel: Any, tried: int,
+        fallback: bool, key: int,
+    ) -> T:
+        tracing = self.tracing
+        server = self.span
+        assert server is not None
         target = attempt.target
         custom = target.label == "custom"
         custom_key = target.api_key if custom else ""  # a key the redactor does not know
