@@ -53,7 +53,7 @@ class ProxyHandler(ApiHandler):
             cost = response.cost
             if cost is not None:
                 self.cost = cost
-                self.set_header("X-Mira-Cost-USD", usd_text(cost))
+                self._headers["X-Mira-Cost-USD"] = usd_text(cost)  # digits and a dot: set without set_header's checks
             self.upstream_status = response.status
             self.set_status(response.status)
             self.set_header("Content-Type", response.content_type)

@@ -354,13 +354,19 @@ def _new_day() -> None:
     tally.timer = loop.call_later((day + 1) * DAY - now, _new_day)  # early by the loop clock's drift: set again
 
 
+_cost_cells: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def cost(provider: str, model: str, usd: float) -> None:
     """The cost of one priced answer (``model`` labelled as in :func:`tokens`), and the node's cost of the day."""
-    _add(_child(COST, provider, model).inc, usd)
+    cells = _cost_cells.get((provider, model))
+    if cells is None:
+        cells = _cost_cells[(provider, model)] = (COST.labels(provider, model).inc, NODE_COST_TODAY.labels(provider).set)
+    _add(cells[0], usd)
     if time.time() >= tally.day_end:
         _new_day()
     value = tally.usd[provider] = tally.usd.get(provider, 0.0) + usd
-    _batch.set(_child(NODE_COST_TODAY, provider).set, value)
+    _batch.set(cells[1], value)
 
 
 def unpriced(provider: str, model: str) -> None:

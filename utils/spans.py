@@ -300,8 +300,8 @@ class RequestTrace:
         for attribute, names in PARAMETERS:
             for name in names:
                 value = body.get(name)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self.parameters[attribute] = value
+                if type(value) is int and -(2**63) <= value < 2**63 or type(value) is float and math.isfinite(value):
+                    self.parameters[attribute] = value  # an int64 or a finite double, as OTLP has them
                     break
 
     def finish(self, handler: Any, status: int = 0) -> None:
