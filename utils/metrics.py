@@ -375,7 +375,7 @@ def unpriced(provider: str, model: str) -> None:
 
 
 def cost_today(provider: str, usd: float) -> None:
-    cost_today_setter(provider)(usd)
+    _batch.set(_child(COST_TODAY, provider).set, usd)
 
 
 def cost_today_setter(provider: str) -> Callable[[float], None]:

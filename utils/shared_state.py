@@ -192,7 +192,7 @@ class RedisLink:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
-        self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []  # this turn's calls
+        self._pending: list[tuple[str, Sequence[str | bytes], Sequence[Any], asyncio.Future[Any]]] = []  # this turn's calls
         self._armed = False
         self._reloading = False
         metrics.redis_up(False)
@@ -226,7 +226,7 @@ class RedisLink:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+    def run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Awaitable[Any]:
         """The script ``name``'s answer, or None when Redis is away, slower than REDIS_TIMEOUT, or failing.
 
         The calls of one loop turn go to Redis together, in one pipeline (one
@@ -251,7 +251,7 @@ class RedisLink:
         batch, self._pending = self._pending, []
         self.fire(self._send(batch))
 
-    async def _send(self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[str, Sequence[str | bytes], Sequence[Any], asyncio.Future[Any]]]) -> None:
         answers: list[Any] = [None] * len(batch)
         if self.up:
             pipe = self.client.pipeline(transaction=False)
@@ -417,32 +417,36 @@ class SharedLedger:
         self.link = link
         self.local = local  # decides while Redis is away; its clock is the ledger's
         self.circuits = circuits
-        self._keys = {name: (link.key("win", name), link.key("cool", name), link.key("turn", name)) for name in pools}
+        # Every argument that does not change from call to call is encoded once, here (redis-py passes bytes on as
+        # they are, and would encode a str or an int on every call): keys, limits, key ids.
+        self._keys = {name: tuple(link.key(kind, name).encode() for kind in ("win", "cool", "turn")) for name in pools}
         self._ids = {name: [key_id(key) for key in keys] for name, keys in pools.items()}
+        self._id_args = {name: tuple(ident.encode() for ident in ids) for name, ids in self._ids.items()}
         none = ProviderLimits()
         self._limits = {name: limits.get(name, none) for name in pools}
         self._node = limits.get(NODE_WIDE)  # the node-wide budgets, checked by every take when there are any
         node = self._node or none
-        # what a take sends besides the time and the keys, made once: the window limits and the daily budget, and
-        # in the budgets form (a dollar budget, or a node-wide entry) those budgets (see TAKE)
+        # what a take sends besides the time and the keys: the window limits and the daily budget, and in the
+        # budgets form (a dollar budget, or a node-wide entry) those budgets (see TAKE)
         self._windows = {
-            name: (_limit(lim.rpm), _limit(lim.tpm), _limit(lim.tokens_per_day)) for name, lim in self._limits.items()
+            name: _args(lim.rpm, lim.tpm, lim.tokens_per_day) for name, lim in self._limits.items()
         }
         self._budgets = {
-            name: (_limit(lim.usd_per_day), _limit(node.tokens_per_day), _limit(node.usd_per_day))
+            name: _args(lim.usd_per_day, node.tokens_per_day, node.usd_per_day)
             if lim.usd_per_day is not None or self._node is not None else ()
             for name, lim in self._limits.items()
         }
-        self._days: dict[str, tuple[int, tuple[str, str, str, str]]] = {}  # provider -> (day, the day's keys)
+        self._days: dict[str, tuple[int, tuple[bytes, ...]]] = {}  # provider -> (day, _day_keys)
 
-    def _day_keys(self, provider: str, day: int) -> tuple[str, str, str, str]:
-        """The day's count, the day's cost, the node's count and the node's cost keys of ``day`` (made once a day)."""
+    def _day_keys(self, provider: str, day: int) -> tuple[bytes, ...]:
+        """The day's count, the day's cost, the node's count and the node's cost keys of ``day``, then the day's end
+        (made once a day)."""
         made = self._days.get(provider)
         if made is None or made[0] != day:
             named, date = self.link.key, str(day)
             keys = (named("day", provider, date), named("usd", provider, date), named("day", NODE_WIDE, date),
-                    named("usd", NODE_WIDE, date))
-            made = self._days[provider] = (day, keys)
+                    named("usd", NODE_WIDE, date), str((day + 1) * DAY))
+            made = self._days[provider] = (day, tuple(key.encode() for key in keys))
         return made[1]
 
     async def start(self) -> None:
@@ -459,12 +463,12 @@ class SharedLedger:
         window, cooling, turn = self._keys[provider]
         day = int(now // DAY)
         days = self._day_keys(provider, day)
-        ids = self._ids[provider]
-        pinned = session_key(session, len(ids)) if session and len(ids) > 1 else -1
+        ids = self._id_args[provider]
+        pinned = str(session_key(session, len(ids))).encode() if session and len(ids) > 1 else NONE
         budgets = self._budgets[provider]
         keys = (window, days[0], cooling, turn, days[1], days[2], days[3]) if budgets else (window, days[0], cooling, turn)
         answer = await self.link.run(
-            "take", keys, (repr(now), *self._windows[provider], (day + 1) * DAY, pinned, *ids, *budgets),
+            "take", keys, (repr(now).encode(), *self._windows[provider], days[4], pinned, *ids, *budgets),
         )
         if answer is None:
             return self.local.take(provider, session)
@@ -486,7 +490,7 @@ class SharedLedger:
         await self.link.run("cool", (self._keys[provider][1],), (self._ids[provider][key], repr(now + seconds), repr(now)))
 
     def spend(self, provider: str, tokens: int, cost: float | None = None) -> None:
-        self.local.spend(provider, tokens, cost)
+        self.local.spend(provider, tokens, cost, show=not self.link.up)  # up: the metrics show Redis's counts
         limits = self._limits[provider]
         windowed = tokens > 0 and (limits.tpm is not None or limits.tokens_per_day is not None)
         costed = cost is not None or self._node is not None  # the cost form of SPEND
@@ -499,15 +503,16 @@ class SharedLedger:
         day = int(now // DAY)
         days = self._day_keys(provider, day)
         counted = tokens > 0
-        args = (repr(now), tokens, int(counted and limits.tpm is not None), int(counted and limits.tokens_per_day is not None),
-                (day + 1) * DAY)
+        args = (repr(now).encode(), str(tokens).encode(), YES if counted and limits.tpm is not None else NO,
+                YES if counted and limits.tokens_per_day is not None else NO, days[4])
         if not costed:
             today = await self.link.run("spend", (self._keys[provider][0], days[0]), args)
             if isinstance(today, int) and today > 0:
                 metrics.tokens_today(provider, today)
             return
         answer = await self.link.run(
-            "spend", (self._keys[provider][0], *days), (*args, "" if cost is None else repr(cost), int(self._node is not None)),
+            "spend", (self._keys[provider][0], *days[:4]),
+            (*args, b"" if cost is None else repr(cost).encode(), YES if self._node is not None else NO),
         )
         if not isinstance(answer, list) or len(answer) != 4:
             return
@@ -520,12 +525,16 @@ class SharedLedger:
             if text:
                 try:
                     metrics.cost_today(name, float(text))
-                except ValueError:
+                except ValueError:  # not a number: not shown
                     pass
 
 
-def _limit(value: float | None) -> float:
-    return -1 if value is None else value
+YES, NO, NONE = b"1", b"0", b"-1"  # script arguments: a flag, and a limit or a position that is not there
+
+
+def _args(*limits: float | None) -> tuple[bytes, ...]:
+    """Limits as a script reads them, encoded: the number, or -1 for none."""
+    return tuple(NONE if value is None else str(value).encode() for value in limits)
 
 
 class SharedCircuits:

@@ -293,9 +293,10 @@ class LocalLedger:
         self._timers.pop((provider, key), None)
         metrics.key_cooling(provider, key + 1, False)
 
-    def spend(self, provider: str, tokens: int, cost: float | None = None) -> None:
+    def spend(self, provider: str, tokens: int, cost: float | None = None, show: bool = True) -> None:
         """An answer's tokens (its provider's ``tpm`` and ``tokens_per_day``) and cost (None: unpriced), and the
-        node-wide entry's day when there is one."""
+        node-wide entry's day when there is one. ``show``: the day's counts go to ``mira_tokens_today`` and
+        ``mira_cost_today_usd`` (not while a shared ledger shows Redis's counts there)."""
         book = self.books[provider]
         limits = book.limits
         now = self.clock()
@@ -304,25 +305,26 @@ class LocalLedger:
                 book.step(now)[2] += tokens  # steps that left the window go at the next take
                 book.tokens += tokens
             if limits.tokens_per_day is not None:
-                self._today(book, now, tokens, None)
+                self._today(book, now, tokens, None, show)
         if cost is not None:
-            self._today(book, now, 0, cost)
+            self._today(book, now, 0, cost, show)
         node = self.node
         if node is not None:
-            self._today(node, now, tokens, cost)
+            self._today(node, now, tokens, cost, show)
 
     @staticmethod
-    def _today(book: _Book, now: float, tokens: int, cost: float | None) -> None:
+    def _today(book: _Book, now: float, tokens: int, cost: float | None, show: bool) -> None:
         """Add to a book's counts of the day (a new day starts them from 0)."""
         day = int(now // DAY)
         if day != book.day:
             book.new_day(day)
         if tokens > 0:
             book.today += tokens
-            if book.show_today is not None:
+            if show and book.show_today is not None:
                 book.show_today(book.today)
         if cost is not None:
             book.usd += cost
-            if book.show_usd is None:
-                book.show_usd = metrics.cost_today_setter(book.name)
-            book.show_usd(book.usd)
+            if show:
+                if book.show_usd is None:
+                    book.show_usd = metrics.cost_today_setter(book.name)
+                book.show_usd(book.usd)
