@@ -26,7 +26,8 @@ RUN apt-get update \
 
 WORKDIR /opt/mira-service
 
-# The pinned runtime set only (no test tools), in its own layer so code changes reuse it.
+# The pinned runtime set only (no test tools), in its own layer so code changes reuse it; uvloop among it, the
+# event loop the node runs on unless EVENT_LOOP=asyncio is set (`docker run -e EVENT_LOOP=asyncio ...`).
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 

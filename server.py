@@ -38,7 +38,7 @@ from config import (
 from handlers import eval as evaluation
 from handlers import health, messages, meta, proxy, status, verify
 from handlers.base import NotFoundHandler
-from utils import metrics, tracing
+from utils import eventloop, metrics, tracing
 from utils.context import NodeContext
 from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
@@ -162,21 +162,30 @@ class Node:
         log.info("stopped")
 
 
-def start_line(settings: Settings, pid_note: str = "") -> str:
+def start_line(settings: Settings, loop: str, pid_note: str = "") -> str:
+    """The start-up line: version, address, mode, the event loop (``loop``: utils.eventloop.choose's), providers."""
     configured = [name for name, p in settings.providers.items() if p.configured]
     token_note = f", {token_source(settings)}" if settings.router_base_url else ""
     return (
         f"Mira service node {settings.version} listening on {settings.host}:{settings.port}"
-        f" ({mode_of(settings)} mode{token_note}{pid_note}); providers: {', '.join(configured) or 'none'}"
+        f" ({mode_of(settings)} mode{token_note}, {loop} event loop{pid_note}); providers:"
+        f" {', '.join(configured) or 'none'}"
     )
 
 
 def serve(
-    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None
+    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None,
+    worker: int | None = None,
 ) -> None:
-    """Run one serving process until it has drained."""
+    """Run one serving process until it has drained, on the event loop :func:`utils.eventloop.install` set.
+
+    ``worker``: this process is that worker of WORKERS; it says so once its loop runs, naming the loop.
+    """
 
     async def main() -> None:
+        if worker is not None:
+            loop = eventloop.name_of(asyncio.get_running_loop())
+            log.info("worker %d serving (pid %d) on %s", worker, os.getpid(), loop)
         tracing.start(settings, PROCESS_REDACTOR)  # with OTEL_EXPORTER_OTLP_ENDPOINT: in this process, after any fork
         node = Node(settings, sockets, heartbeat=heartbeat, status=status)
         await node.run()
@@ -185,11 +194,12 @@ def serve(
 
 
 def serve_exit_code(
-    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None
+    settings: Settings, sockets: list[socket.socket], heartbeat: bool = True, status: RouterStatus | None = None,
+    worker: int | None = None,
 ) -> int:
     """:func:`serve`, with start-up failures turned into exit codes (2: configuration, 1: router)."""
     try:
-        serve(settings, sockets, heartbeat, status)
+        serve(settings, sockets, heartbeat, status, worker)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -240,8 +250,8 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 sockets = bind_sockets(self.settings.port, self.settings.host, backlog=2048, reuse_port=True)
-                log.info("worker %d serving (pid %d)", index, os.getpid())
-                code = serve_exit_code(self.settings, sockets, heartbeat=index == 0, status=self.status)
+                # the event loop policy main() installed came along with the fork
+                code = serve_exit_code(self.settings, sockets, heartbeat=index == 0, status=self.status, worker=index)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -367,12 +377,13 @@ USAGE = """usage: python server.py [--version | --check-config]
 def read_configuration() -> tuple[Settings, EnvFile, list[str]]:
     """Start-up's reading of the configuration: the settings, checked (ConfigError when one is bad), the
     ``.env`` file they were read from, and a warning line for each name of that file or of the environment
-    that looks like a setting but is not one (config.setting_typos), and for each alias or fallback that names
-    a provider without a key."""
+    that looks like a setting but is not one (config.setting_typos), for each alias or fallback that names
+    a provider without a key, and for EVENT_LOOP=uvloop without uvloop (utils.eventloop.choose)."""
     settings = load_settings()
     env_file = read_env_file()
     warnings = setting_typos(os.environ, env_file.values, env_file.name or ".env") + unconfigured_references(settings)
-    return settings, env_file, warnings
+    loop_warning = eventloop.choose(settings.event_loop)[1]
+    return settings, env_file, warnings + ([loop_warning] if loop_warning else [])
 
 
 def print_version() -> int:
@@ -420,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         config_error(f"configuration error: {exc}")
         return 2
     owned_metrics_dir = settings.workers > 1 and multiprocess_metrics_dir()
+    loop = eventloop.choose(settings.event_loop)[0]
+    eventloop.install(loop)  # before any event loop exists, and before the workers fork: theirs is this one too
     for secret in settings.secrets():
         PROCESS_REDACTOR.add(secret)
     setup_logging(settings.log_level, settings.log_format, PROCESS_REDACTOR)
@@ -439,9 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     status = RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
     warn_if_open(settings)
     if settings.workers == 1:
-        log.info(start_line(settings))
+        log.info(start_line(settings, loop))
         return serve_exit_code(settings, sockets, status=status)
-    log.info(start_line(settings, f", {settings.workers} workers"))
+    log.info(start_line(settings, loop, f", {settings.workers} workers"))
     try:
         return Supervisor(settings, status).run()
     finally:

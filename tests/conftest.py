@@ -6,6 +6,12 @@ with settings read from a clean environment (``node_env`` plus any
 free loopback port, and test coroutines (``@pytest.mark.gen_test``) talk HTTP
 to it. The mock upstream runs in its own thread, so synchronous clients can
 run in an executor without blocking anything.
+
+Every event loop of the test process (pytest-tornado's ``io_loop``, the mock
+upstream's, an ``asyncio.run``) is the one the node runs on by default:
+uvloop, installed as server.py installs it (``utils.eventloop``).
+``pytest --event-loop asyncio`` runs the in-process tests on asyncio's
+standard loop instead; a node in its own process reads EVENT_LOOP as always.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from config import ENV_VARIABLES, PROVIDERS, load_settings
+from config import ENV_VARIABLES, PROVIDERS, SETTING_OF, load_settings
 from tests.mock_upstream import MockUpstream
 from tools.childproc import ChildProcess
+from utils import eventloop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +45,27 @@ SECRETS = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop", choices=eventloop.EVENT_LOOPS, default=SETTING_OF["EVENT_LOOP"].default,
+        help="the event loop of the in-process tests (default: the node's default, uvloop)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "node_env(**vars): environment overrides for the node under test")
+    # before any test makes a loop: the policy the node installs at start-up (server.main), so that the in-process
+    # node runs on the loop a real one runs on
+    loop, warning = eventloop.choose(config.getoption("event_loop"))
+    if warning:
+        raise pytest.UsageError(warning)
+    eventloop.install(loop)
+
+
+@pytest.fixture(scope="session")
+def event_loop_name(pytestconfig: pytest.Config) -> str:
+    """The event loop the in-process tests run on (``--event-loop``): what the in-process node reports."""
+    return str(pytestconfig.getoption("event_loop"))
 
 
 @pytest.fixture(scope="session")

@@ -258,6 +258,7 @@ def test_health_answers_with_the_builds_version(node: Container, image: Image) -
     assert status == 200, body
     health = json.loads(body)
     assert health["status"] == "ok" and health["version"] == image.version, health
+    assert "uvloop event loop" in node.logs(), node.logs()  # uvloop installed from requirements.txt, the default
 
 
 def test_chat_json_and_stream_are_relayed(node: Container, upstream: MockUpstream) -> None:

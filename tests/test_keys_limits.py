@@ -288,10 +288,13 @@ async def test_the_daily_budget_is_refused_until_the_next_utc_midnight(limits, n
 @with_limits({"openai": {"tokens_per_day": 1}})
 @pytest.mark.node_env(PROVIDER_LIMITS_FILE=str(LIMITS_FILE))
 async def test_a_stream_in_flight_is_never_cut_by_a_budget(limits, node_url, upstream, ctx):
-    upstream.default = Behavior(chunks=4, chunk_delay=0.05)
+    upstream.default = Behavior(chunks=10, chunk_delay=0.1)  # the stream lasts about 1 s
     streamed = asyncio.ensure_future(post(node_url + CHAT, chat_body(stream=True)))
+    # the stream is admitted once the upstream has it: wait for that rather than race the JSON call to the node
+    assert await upstream.await_for(lambda u: u.in_flight >= 1, timeout=10)
     spent = await post(node_url + CHAT, chat_body())  # a JSON call spends the budget while the stream runs
     assert spent.code == 200
+    assert not streamed.done() and upstream.in_flight == 1, "the stream ended before the budget was spent"
     response = await streamed
     assert response.code == 200 and sse_events(response.body)[-1] == b"data: [DONE]"
     assert (await post(node_url + CHAT, chat_body())).code == 429

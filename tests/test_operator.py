@@ -127,9 +127,9 @@ async def test_the_access_line_names_the_model_and_the_bytes_of_every_answer(nod
     assert " model=openai/gpt-4o-mini " in line and f" bytes={len(json_answer.body)}" in line
 
 
-async def test_build_info_names_the_version(node_url, upstream):
+async def test_build_info_names_the_version_and_the_event_loop(node_url, upstream, event_loop_name):
     text = (await get(node_url + "/metrics")).body.decode()
-    assert 'mira_build_info{version="9.9.9-test"} 1.0' in text
+    assert f'mira_build_info{{event_loop="{event_loop_name}",version="9.9.9-test"}} 1.0' in text
 
 
 # -- UPSTREAM_RETRY_MAX_WAIT -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 from config import Settings
 from models.jsonbody import json_bytes
-from utils import metrics
+from utils import eventloop, metrics
 from utils.cost import Prices, cost_of
 from utils.deadlines import Deadlines
 from utils.gate import ClientGate
@@ -53,7 +53,6 @@ class NodeContext:
     ) -> None:
         self.settings = settings
         self.resolve = resolve
-        metrics.build_info(settings.version)
         # The router state and machine name (shared by the workers: made before they fork).
         self.router_status = router_status or RouterStatus(routed=bool(settings.router_base_url), name=settings.machine_name)
         self.redactor = PROCESS_REDACTOR  # one per process: the log filter masks what this one knows
@@ -155,7 +154,9 @@ class NodeContext:
         await waiter
 
     async def start(self) -> None:
-        """Before the first request: with REDIS_URL, one try at connecting (at most REDIS_TIMEOUT, or 1 s)."""
+        """Before the first request: ``mira_build_info`` (naming the loop this runs on); with REDIS_URL, one try at
+        connecting (at most REDIS_TIMEOUT, or 1 s)."""
+        metrics.build_info(self.settings.version, eventloop.name_of(asyncio.get_running_loop()))
         if self.shared is not None:
             await self.shared.start()
 

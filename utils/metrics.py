@@ -26,7 +26,10 @@ REQUESTS = Counter("mira_requests", "HTTP requests answered, by route and status
 REQUEST_DURATION = Histogram(
     "mira_request_duration_seconds", "Time from request to its last byte, by route", ["route"], buckets=_LATENCY_BUCKETS
 )
-BUILD_INFO = Gauge("mira_build_info", "1, labelled with the node's VERSION", ["version"], multiprocess_mode="max")
+BUILD_INFO = Gauge(
+    "mira_build_info", "1, labelled with the node's VERSION and the event loop it runs on", ["version", "event_loop"],
+    multiprocess_mode="max",
+)
 IN_FLIGHT = Gauge("mira_requests_in_flight", "Requests being handled now", multiprocess_mode="livesum")
 UPSTREAM_CALLS = Counter("mira_upstream_calls", "Upstream attempts by provider and outcome", ["provider", "outcome"])
 UPSTREAM_DURATION = Histogram(
@@ -222,9 +225,9 @@ def flush() -> None:
     _batch.flush()
 
 
-def build_info(version: str) -> None:
-    """``mira_build_info{version}`` is 1: set once at start-up."""
-    BUILD_INFO.labels(version).set(1)
+def build_info(version: str, event_loop: str) -> None:
+    """``mira_build_info{version, event_loop}`` is 1: set once at start-up, on the loop the process runs on."""
+    BUILD_INFO.labels(version, event_loop).set(1)
 
 
 def in_flight(change: int) -> None:
