@@ -8,14 +8,17 @@ anything else is a 500 logged with its traceback and a body without internals.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import re
+import time
 from http.client import responses
 from typing import Any
 
 import ujson
 from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPHeaders
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
@@ -31,6 +34,17 @@ _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID, OpenAI-Organiz
 # The node's own answer headers a page's script may read (a browser hides every other one).
 _CORS_EXPOSE_HEADERS = "X-Request-ID, X-Mira-Model, X-Mira-Cost-USD, Retry-After"
 _MACHINE_HEADERS = ("X-Machine-IP", "X-Machine-Name")  # never on a 401 or 403: the caller is not trusted
+_checked_values: set[str] = set()  # header values of the node's settings that passed set_header's check
+_date: tuple[int, str] = (-1, "")  # the second of the last Date header made, and that header
+
+
+def http_date() -> str:
+    """The ``Date`` header of an answer sent now (RFC 9110 format, made at most once a second)."""
+    global _date
+    now = int(time.time())
+    if now != _date[0]:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
 
 
 @stream_request_body
@@ -63,8 +77,23 @@ class BaseHandler(RequestHandler):
 
     # -- headers common to every response ----------------------------------------
 
+    def clear(self) -> None:
+        """Reset the answer (Tornado calls this on start and again on ``send_error``).
+
+        As Tornado's own, less its ``Server`` header (the node's version is for ``--version`` and
+        ``mira_build_info``, not for every caller) and with a ``Date`` made once a second.
+        """
+        self._headers = HTTPHeaders()
+        self._headers["Date"] = http_date()
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
+
     def set_default_headers(self) -> None:
-        # Runs from RequestHandler.__init__ (before initialize) and again on send_error.
+        # Runs from RequestHandler.__init__ (before initialize) and again on send_error. Values the node made or
+        # checked itself go in without set_header's per-value check (hot path); outside text goes through it.
+        headers = self._headers
         if not self.request_id:
             self.ctx = self.application.settings["ctx"]
             incoming = self.request.headers.get("X-Request-ID", "")
@@ -73,16 +102,16 @@ class BaseHandler(RequestHandler):
             else:
                 # A correlation id, not a secret: the process's PRNG (reseeded in each forked worker), no syscall.
                 self.request_id = f"{random.getrandbits(128):032x}"
-        self.set_header("X-Request-ID", self.request_id)
-        self.set_header("Content-Type", "application/json")
+        headers["X-Request-ID"] = self.request_id  # _REQUEST_ID_OK's characters, or hex
+        headers["Content-Type"] = "application/json"
         if self.machine_ip_header:
-            self.set_header("X-Machine-IP", self.ctx.machine_ip)
+            ip = self.ctx.machine_ip
+            headers["X-Machine-IP"] = ip if ip in _checked_values else self._checked(ip)  # MACHINE_IP's text
             name = self.ctx.router_status.name
             if name:
-                self.set_header("X-Machine-Name", name)
+                self.set_header("X-Machine-Name", name)  # the router's text
         origins = self.ctx.settings.cors_origins
         if "*" in origins:
-            headers = self._headers  # constant, checked values: set without set_header's conversion (hot path)
             headers["Access-Control-Allow-Origin"] = "*"
             headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE_HEADERS
         else:
@@ -91,6 +120,13 @@ class BaseHandler(RequestHandler):
                 self.set_header("Access-Control-Allow-Origin", origin)
                 self.set_header("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS)
                 self.set_header("Vary", "Origin")
+
+    def _checked(self, value: str) -> str:
+        """``value`` as set_header checks it (an unsafe one raises), remembered once it passes."""
+        checked = self._convert_header_value(value)
+        if len(_checked_values) < 64:
+            _checked_values.add(checked)
+        return checked
 
     def options(self, *args: Any) -> None:
         """CORS preflight for any path."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 
 import openai
 import pytest
@@ -331,6 +333,15 @@ async def test_request_id_is_echoed_or_made(node_url):
     assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
     odd = await get(node_url + "/health", headers={"X-Request-ID": "bad id\twith spaces"})
     assert odd.headers["X-Request-ID"] != "bad id\twith spaces"
+
+
+async def test_answers_carry_a_date_and_no_server_header(node_url, upstream):
+    for response in (await post(node_url + "/v1/chat/completions", chat_body()), await get(node_url + "/health"),
+                     await get(node_url + "/no/such/path")):
+        assert "Server" not in response.headers  # the node's version is --version's, not every caller's
+        sent = email.utils.parsedate_to_datetime(response.headers["Date"])  # RFC 9110's format, in GMT
+        assert sent.tzinfo is not None and sent.utcoffset().total_seconds() == 0
+        assert abs(sent.timestamp() - time.time()) < 5
 
 
 async def test_machine_ip_header_on_chat_only(node_url, upstream):

@@ -91,16 +91,23 @@ class AccessWriter:
         return f"{self._stamp}.{msecs:03d}Z" if self.json_lines else f"{self._stamp},{msecs:03d}"
 
     def write(self, message: str, fields: dict[str, Any]) -> None:
-        now = time.time()
-        if self.json_lines:
-            data = {"time": self._time(now), "level": "INFO", "logger": "mira.access", "pid": self.pid,
-                    "message": message, **fields}
-            try:
-                line = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, default=str)
-            except UnicodeEncodeError:
-                line = ujson.dumps(data, escape_forward_slashes=False, default=str)
-        else:
-            line = f"{self._time(now)} INFO mira.access[{self.pid}]: {message}"  # its parts are escaped
+        """An access line with its fields (a JSON line carries them; a text line is the message alone)."""
+        if not self.json_lines:
+            self.write_text(message)
+            return
+        data = {"time": self._time(time.time()), "level": "INFO", "logger": "mira.access", "pid": self.pid,
+                "message": message, **fields}
+        try:
+            line = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, default=str)
+        except UnicodeEncodeError:
+            line = ujson.dumps(data, escape_forward_slashes=False, default=str)
+        self._add(line)
+
+    def write_text(self, message: str) -> None:
+        """A text access line (its parts are escaped already)."""
+        self._add(f"{self._time(time.time())} INFO mira.access[{self.pid}]: {message}")
+
+    def _add(self, line: str) -> None:
         pending = self._pending
         pending.append(line + "\n")
         if len(pending) == 1:
@@ -201,55 +208,66 @@ def outside_word(text: str, limit: int) -> str:
 def log_request(handler: Any) -> None:
     """Tornado's ``log_function``: one access line and the request metrics."""
     status = handler.get_status()
-    seconds = handler.request.request_time()
-    route = getattr(handler, "route_name", "other")
+    request = handler.request
+    seconds = request.request_time()
+    try:  # the node's handlers (BaseHandler) have every field; any other (none is routed today) gets defaults
+        route, model, provider, request_id = handler.route_name, handler.model, handler.provider, handler.request_id
+        upstream, sent, aborted = handler.upstream_status, handler.bytes_sent, handler.client_aborted
+        usage, session = handler.usage, handler.session
+    except AttributeError:
+        route, model, provider, request_id = getattr(handler, "route_name", "other"), "", "", ""
+        upstream, sent, aborted, usage, session = None, 0, False, None, ""
     metrics.request_done(route, status, seconds)
     if not access_log.isEnabledFor(logging.INFO):
         return
-    request = handler.request
     path = request.path
     redact = _access_redactor
     if route in ("not_found", "other"):  # a served route's path is the route itself; any other is outside text
         path = escape_control(redact(path))
-    model = getattr(handler, "model", "")
     if model:
         model = outside_word(model, 200)
-    provider = getattr(handler, "provider", "")
     if provider and not provider.isalnum():  # a configured name or "custom" as is; a custom provider's name is the caller's
         provider = escape_control(redact(provider))
+    tokens = cost = None
+    extra = ""
+    if usage is not None:
+        tokens = usage.prompt, usage.completion
+        extra = f" tokens={tokens[0]}/{tokens[1]}"
+        cost = getattr(handler, "cost", None)
+        if cost is not None:  # PRICES_FILE priced the answer
+            extra += " cost=" + usd_text(cost)
+    if session:
+        session = outside_word(session, 100)
+        extra += " session=" + session
+    client = request.remote_ip  # the peer, or the client behind a trusted proxy (utils.gate)
+    message = (
+        f"{request_id} {client} {request.method} {path} {status} {seconds * 1000:.1f}ms"
+        f" model={model or '-'} provider={provider or '-'} upstream={upstream or '-'} bytes={sent}"
+        f" aborted={'yes' if aborted else 'no'}{extra}"
+    )
+    writer = _access_writer
+    if writer is not None and not writer.json_lines and writer.usable():
+        writer.write_text(message)  # a text line needs no fields
+        return
     fields = {
-        "request_id": getattr(handler, "request_id", ""),  # vetted by the base handler
-        "client": request.remote_ip,  # the peer, or the client behind a trusted proxy (utils.gate)
+        "request_id": request_id,  # vetted by the base handler
+        "client": client,
         "method": request.method,
         "path": path,
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "provider": provider or None,
-        "upstream_status": getattr(handler, "upstream_status", None),
+        "upstream_status": upstream,
         "model": model or None,
-        "bytes": getattr(handler, "bytes_sent", 0),
-        "client_aborted": getattr(handler, "client_aborted", False),
+        "bytes": sent,
+        "client_aborted": aborted,
     }
-    usage = getattr(handler, "usage", None)
-    tokens = ""
-    if usage is not None:
-        fields["prompt_tokens"], fields["completion_tokens"] = usage.prompt, usage.completion
-        tokens = f" tokens={usage.prompt}/{usage.completion}"
-        cost = getattr(handler, "cost", None)
-        if cost is not None:  # PRICES_FILE priced the answer
+    if tokens is not None:
+        fields["prompt_tokens"], fields["completion_tokens"] = tokens
+        if cost is not None:
             fields["cost_usd"] = cost
-            tokens += " cost=" + usd_text(cost)
-    session = getattr(handler, "session", "")
     if session:
-        fields["session"] = session = outside_word(session, 100)
-        session = " session=" + session
-    message = (
-        f"{fields['request_id']} {fields['client']} {request.method} {fields['path']} {status} {seconds * 1000:.1f}ms"
-        f" model={model or '-'} provider={fields['provider'] or '-'} upstream={fields['upstream_status'] or '-'}"
-        f" bytes={fields['bytes']}"
-        f" aborted={'yes' if fields['client_aborted'] else 'no'}{tokens}{session}"
-    )
-    writer = _access_writer
+        fields["session"] = session
     if writer is not None and writer.usable():
         writer.write(message, fields)
     else:
