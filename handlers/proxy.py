@@ -14,6 +14,7 @@ from models.errors import ApiError
 from utils import metrics
 from utils.cost import usd_text
 from utils.upstream import check_custom_provider, shutdown_error
+from utils.upstream.routing import Plan
 
 
 class ProxyHandler(ApiHandler):
@@ -24,6 +25,7 @@ class ProxyHandler(ApiHandler):
     accept_body = True
     machine_ip_header = True
     cost: float | None = None  # USD of the answer, when PRICES_FILE prices it (the access line)
+    plan: Plan | None = None  # a stream's plan, settled at its first byte
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -59,6 +61,11 @@ class ProxyHandler(ApiHandler):
             self.set_header("Content-Type", response.content_type)
             self.finish(response.body)
             return
+        # A held stream keeps only what it relays: the raw body goes now, the parsed request when the first byte
+        # goes to the client (begin: no fallback is possible after it).
+        del request
+        self._chunks = []
+        self.plan = plan
         result, attempt = await ctx.upstream.stream_plan(plan, self, self.cancel)
         self.provider = attempt.target.label
         self.usage = result.usage
@@ -104,6 +111,8 @@ class ProxyHandler(ApiHandler):
     def begin(self, model_id: str) -> None:
         """Switch the response to SSE before its first byte."""
         metrics.stream_event("opened")
+        if self.plan is not None:
+            self.plan.settle()
         self.answered_by(model_id)
         self.start_streaming("text/event-stream")
 

@@ -153,7 +153,8 @@ class Plan:
     """A request's attempts: :attr:`primary`, then each fallback, its body built when it is reached.
 
     A fallback that cannot take the request (an endpoint or a parameter its
-    provider's dialect does not have) is skipped.
+    provider's dialect does not have) is skipped. The parsed request is kept
+    for the fallbacks' bodies until :meth:`settle`.
     """
 
     __slots__ = ("primary", "_request", "_fallbacks", "_registry")
@@ -162,16 +163,27 @@ class Plan:
         self, primary: Attempt, request: ProxyRequest, fallbacks: Sequence[Fallback], registry: ProviderRegistry
     ) -> None:
         self.primary = primary
-        self._request = request
+        self._request: ProxyRequest | None = request
         self._fallbacks = fallbacks
         self._registry = registry
+
+    def settle(self) -> None:
+        """An attempt has answered for good (a stream's first byte went to the client): no fallback comes after it.
+
+        The parsed request is let go: a held stream keeps only what it relays (bench/PERFORMANCE.md, issue 34).
+        """
+        self._request = None
+        self._fallbacks = ()
 
     def __iter__(self) -> Iterator[Attempt]:
         yield self.primary
         for fallback in self._fallbacks:
+            request = self._request
+            if request is None:
+                return  # settled meanwhile
             other = dataclasses.replace(
-                self._request, provider=fallback.provider, model=fallback.name, custom=None,
-                body=dict(self._request.body, model=fallback.name),
+                request, provider=fallback.provider, model=fallback.name, custom=None,
+                body=dict(request.body, model=fallback.name),
             )
             try:
                 yield self._registry.attempt(other, header_safe(fallback.id))

@@ -48,6 +48,7 @@ every call is an :class:`UpstreamCall`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import select
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,12 @@ USER_AGENT = "mira-service-node"
 MAX_BUFFERED_BODY = 64 * 1024 * 1024
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 UPLOAD_BUFFER = 16 * 1024  # libcurl's minimum
+# A body up to SMALL_BODY bytes goes through a send buffer of MAPPED_UPLOAD bytes: a mapping of its own, where
+# only the pages the request touches are resident (see mapped_send_buffers).
+SMALL_BODY = 8 * 1024
+MAPPED_UPLOAD = 136 * 1024
+MMAP_THRESHOLD = 128 * 1024  # glibc's default mmap threshold, fixed by mapped_send_buffers
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 # A stream's chunks waiting for the loop are at most this many bytes: libcurl is paused above it.
 STREAM_BUFFER = 1024 * 1024
 # An idle handle lets go of its last request body when it is larger than this (smaller ones stay until the next call).
@@ -275,6 +282,7 @@ class _Handle:
         "full",
         "fresh",
         "origin",
+        "upload",
     )
 
     def __init__(self, client: LeanCurlClient, curl: pycurl.Curl) -> None:
@@ -296,6 +304,7 @@ class _Handle:
         self.full = False  # the stream's undelivered chunks reached STREAM_BUFFER: libcurl is paused
         self.fresh = False  # FRESH_CONNECT is set on the handle (see LeanCurlClient._fresh)
         self.origin = ""  # the running call's plain-http origin ("" for https): where its connection goes back idle
+        self.upload = 0  # UPLOAD_BUFFERSIZE set on the handle (0: libcurl's default, after a reset)
 
     def header(self, raw: bytes) -> int | None:
         first = raw[:1]
@@ -367,6 +376,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         # Set first: Tornado's initialize already runs libcurl's timer callback once.
         self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._soon = False  # a socket_action(TIMEOUT) is queued with call_soon
+        self._timeout_at = 0.0  # the loop time libcurl's timer (self._timeout, when set) is due at
         self._delivery: list[_Handle] = []  # streams with chunks waiting for the end of the loop turn
         self._watched: dict[int, int] = {}  # fd -> the _READ/_WRITE bits libcurl wants it watched for
         self._in_epoll: set[int] = set()  # fds in the epoll set: those watched, and idle ones left there
@@ -381,6 +391,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         super().initialize(max_clients=0, **kwargs)
         self._handle_limit = max_clients
         self.ca_bundle = ca_bundle  # CAINFO of every https call; "" is libcurl's default (the system store)
+        # The send buffer of a call with a small body (or none): a mapping of its own where malloc allows it.
+        self._small_upload = MAPPED_UPLOAD if mapped_send_buffers() else UPLOAD_BUFFER
 
     def close(self) -> None:
         for fd in list(self._watched):
@@ -439,9 +451,6 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             setopt(pycurl.USERAGENT, USER_AGENT)
             setopt(pycurl.HEADERFUNCTION, handle.header)
             setopt(pycurl.WRITEFUNCTION, handle.write)
-            # The body goes from POSTFIELDS; libcurl's 64 KB upload buffer per handle is
-            # memory held for nothing by every open stream (about 30 KB a stream saved).
-            setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
             setopt(pycurl.NOSIGNAL, 1)
             # Certificates are always verified (libcurl's default), against the CA bundle when set.
             if self.ca_bundle:
@@ -449,6 +458,15 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             handle.ready = True
             handle.url = handle.header_lines = None
             handle.connect_timeout_ms, handle.timeout_ms = -1, 0
+            handle.upload = 0
+        body = call.body
+        # The body goes from POSTFIELDS, through libcurl's send buffer, which the handle keeps whole from its
+        # first call with a body to its last: a small body's is a mapping where only the pages written are
+        # resident, a larger one's the smallest libcurl takes (see mapped_send_buffers).
+        upload = self._small_upload if body is None or len(body) <= SMALL_BODY else UPLOAD_BUFFER
+        if upload != handle.upload:
+            setopt(pycurl.UPLOAD_BUFFERSIZE, upload)  # libcurl frees the old buffer when the call starts
+            handle.upload = upload
         if call.url is not handle.url:
             setopt(pycurl.URL, call.url)
             handle.url = call.url
@@ -461,8 +479,8 @@ class LeanCurlClient(CurlAsyncHTTPClient):
         if call.timeout_ms != handle.timeout_ms:
             setopt(pycurl.TIMEOUT_MS, call.timeout_ms)
             handle.timeout_ms = call.timeout_ms
-        if call.body is not None:
-            setopt(pycurl.POSTFIELDS, call.body)
+        if body is not None:
+            setopt(pycurl.POSTFIELDS, body)
         else:
             setopt(pycurl.HTTPGET, 1)  # a method of its own: the handle is reset after this call
             handle.dirty = True
@@ -569,7 +587,7 @@ class LeanCurlClient(CurlAsyncHTTPClient):
                 self._loop.call_soon(self._timeout_soon)
             return
         loop = self._loop
-        timer: asyncio.TimerHandle | None = self._timeout  # type: ignore[assignment]
+        timer: asyncio.Handle | None = self._timeout  # type: ignore[assignment]
         if msecs < 0:
             if timer is not None:
                 timer.cancel()
@@ -577,10 +595,14 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             return
         when = loop.time() + msecs / 1000
         if timer is not None:
-            if abs(timer.when() - when) < 0.001:
+            if abs(self._timeout_at - when) < 0.001:
                 return  # the same deadline: libcurl re-read after a timeout, or unchanged by a new call
             timer.cancel()
+        # The deadline is kept here, not read back from the handle: uvloop's call_at gives a plain Handle (no
+        # when()) for a deadline less than half a millisecond away, as a 1 ms one is once the process stood still
+        # (a full collection, a busy CPU) between this read of the clock and call_at's own.
         self._timeout = loop.call_at(when, self._timeout_due)
+        self._timeout_at = when
 
     def _timeout_soon(self) -> None:
         self._soon = False
@@ -702,6 +724,36 @@ class LeanCurlClient(CurlAsyncHTTPClient):
             except pycurl.error:
                 pass
         self._finish_pending_requests()
+
+
+_mapped: bool | None = None
+
+
+def mapped_send_buffers() -> bool:
+    """Whether a send buffer of MAPPED_UPLOAD bytes is a mapping of its own: with glibc's malloc, told so once here.
+
+    libcurl sends a request that has a body through a send buffer of
+    UPLOAD_BUFFERSIZE bytes (16 KiB at the least), which it allocates
+    (``calloc``) at a handle's first such call and keeps whole, as a spare,
+    until the handle is closed: 16 KiB resident for every running stream, of
+    which its request wrote one or two (bench/PERFORMANCE.md, issue 34). A
+    block above malloc's mmap threshold is a mapping of its own, and a fresh
+    mapping's pages, zero already, become resident only when written. glibc
+    raises that threshold, though, whenever a mapped block larger than it is
+    freed (up to 32 MiB): once the process had freed a 1 MiB request body, a
+    136 KiB buffer would come from the heap, cleared, all of it resident. The
+    threshold is therefore fixed at its default, 128 KiB, which turns the
+    raising off. Any other libc (or a failed ``mallopt``): False, and every
+    buffer is libcurl's smallest.
+    """
+    global _mapped
+    if _mapped is None:
+        try:
+            libc = ctypes.CDLL(None)
+            _mapped = hasattr(libc, "gnu_get_libc_version") and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        except (OSError, AttributeError):
+            _mapped = False
+    return _mapped
 
 
 # libcurl's errors (errno), to the failure each one is; any other is a TransportError with libcurl's message.
