@@ -96,6 +96,13 @@ NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     }),
 }
 REDIS_URL_SLOT = "{redis}"
+# the same prices and budgets decided in process (no REDIS_URL): what pricing and dollar budgets add to "limits",
+# without the run-to-run spread of Redis's pipelining
+NODE_VARIANTS["prices-local"] = ("node with prices and dollar budgets in process (PRICES_FILE, usd_per_day, \"*\")", {
+    k: v for k, v in NODE_VARIANTS["prices"][1].items() if k != "REDIS_URL"
+})
+# issue 34: the node runs on uvloop by default (EVENT_LOOP); this one on asyncio's standard loop, as before it
+NODE_VARIANTS["asyncio"] = ("node on asyncio's standard loop (EVENT_LOOP=asyncio)", {"EVENT_LOOP": "asyncio"})
 # issue 33: tracing on, every request sampled, spans exported (OTLP/HTTP) to the benchmark upstream, which answers
 # any POST 200 like a collector would; UPSTREAM_SLOT is its base URL (procs.node_env puts it in)
 UPSTREAM_SLOT = "{upstream}"
