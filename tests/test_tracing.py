@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import config
 from tests.conftest import ROOT, SECRETS
@@ -317,7 +318,7 @@ def test_a_caller_that_does_not_sample_gets_no_spans_but_its_trace_goes_on(
 def test_each_worker_exports_its_own_spans(spawn_node: Any, upstream: MockUpstream, receiver: OtlpReceiver) -> None:
     """WORKERS=2: each worker sets tracing up after its fork; both export, and a SIGTERM stops them all."""
     node = spawn_node(traced(receiver, WORKERS="2"))
-    pids = {int(node.wait_for_line(rf"worker {i} serving \(pid (\d+)\)").group(1)) for i in (0, 1)}
+    pids = {int(node.wait_for_line(rf"worker {i} serving \(pid (\d+)").group(1)) for i in (0, 1)}
     for _ in range(30):  # each call a connection of its own: the kernel spreads them over the workers' sockets
         assert call(node, chat())[0] == 200
     servers, _ = spans_of(receiver, clients=30, servers=30)
@@ -347,44 +348,175 @@ def test_the_sdks_variables_choose_the_sampler_and_the_resource(
     assert int(unsampled.split("-")[3], 16) & 1 == 0 and carried(sampled, client)
 
 
-def test_the_nodes_encoding_of_a_batch_is_the_exporters() -> None:
-    """utils.spans.encode writes what the OTLP exporter's encoder writes, for every kind of attribute and field."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+def test_a_ratio_sampler_is_decided_as_the_sdk_decides_it(
+    spawn_node: Any, upstream: MockUpstream, receiver: OtlpReceiver
+) -> None:
+    """The node decides the SDK's samplers inline (utils.spans.inline_sampling): OTEL_TRACES_SAMPLER=traceidratio at
+    0.5 samples exactly the requests whose trace id the SDK's own sampler samples, each with both its spans."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.trace import SpanKind
 
-    from utils.spans import encode
+    node = spawn_node(traced(receiver, OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.5"))
+    for _ in range(24):
+        assert call(node, chat())[0] == 200
+    sdk = TraceIdRatioBased(0.5)
+    decided = {}
+    for sent in sent_traceparents(upstream):
+        _, trace_id, _, flags = sent.split("-")
+        decided[trace_id] = int(flags, 16) & 1 == 1
+        assert sdk.should_sample(None, int(trace_id, 16), "chat", SpanKind.SERVER).decision.is_sampled() == decided[trace_id]
+    assert 0 < sum(decided.values()) < 24  # both kinds of decision were made (one chance in 2**23 that it fails)
+    spans_of(receiver, clients=sum(decided.values()), servers=sum(decided.values()))
+    time.sleep(0.2)
+    assert {span.trace_id for span in receiver.spans} == {trace_id for trace_id, sampled in decided.items() if sampled}
 
-    resources = [Resource({"service.name": "a", "n": 3}, "https://opentelemetry.io/schemas/1.21.0"), Resource({"s": "b"})]
-    scopes = [InstrumentationScope("mira.node", "1.2.3"), InstrumentationScope("other", None, "https://x/schema")]
-    remote = SpanContext(0xABC, 0xDEF, True, TraceFlags(1))
-    attributes = {
-        "s": "text é 日本", "empty": "", "t": True, "f": False, "i": 42, "big": 2**40, "negative": -7, "x": 0.25,
-        "reasons": ("stop", "length"), "numbers": [1, 2, 3], "raw": b"\x00\x01", "zero": 0,
-    }
-    states = (None, TraceState([("k", "v")]))
-    statuses = (Status(StatusCode.UNSET), Status(StatusCode.ERROR), Status(StatusCode.ERROR, "why"), Status(StatusCode.OK))
-    start = 1_700_000_000_000_000_000
-    spans = [
-        ReadableSpan(
-            name=f"span {n}", context=SpanContext(2**100 + n, 2**60 + n, False, TraceFlags(3), states[n % 2]),
-            parent=(None, remote, SpanContext(2**100 + n, 5, False, TraceFlags(1)))[n % 3], resource=resources[n % 2],
-            attributes=attributes if n % 2 else {"only": n}, kind=list(SpanKind)[n % 5], status=statuses[n % 4],
-            start_time=start + n, end_time=start + 500_000_000 + n, instrumentation_scope=scopes[(n // 2) % 2],
-        )
-        for n in range(12)
+
+def test_the_sdks_samplers_are_decided_inline_as_they_decide() -> None:
+    """Every sampler OTEL_TRACES_SAMPLER names, for roots and for sampled and unsampled remote parents."""
+    import random
+
+    from opentelemetry.sdk.trace import sampling
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
+
+    from utils.spans import TRACE_ID_LOW, inline_sampling
+
+    samplers = [
+        sampling.ALWAYS_ON, sampling.ALWAYS_OFF, sampling.DEFAULT_ON, sampling.DEFAULT_OFF,
+        sampling.TraceIdRatioBased(0.25), sampling.ParentBasedTraceIdRatio(0.25), sampling.TraceIdRatioBased(0),
     ]
-    ours = ExportTraceServiceRequest.FromString(encode(spans))
-    theirs = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializePartialToString())
-    assert ours == theirs
+    rng = random.Random(33)
+    for sampler in samplers:
+        bound, parent_based = inline_sampling(sampler)
+        assert bound >= 0, sampler
+        for _ in range(200):
+            trace_id = rng.getrandbits(128)
+            for parent in (None, True, False):
+                context = None
+                if parent is not None:
+                    remote = SpanContext(trace_id, 7, True, TraceFlags(1 if parent else 0))
+                    context = set_span_in_context(NonRecordingSpan(remote))
+                theirs = sampler.should_sample(context, trace_id, "s", SpanKind.SERVER).decision.is_sampled()
+                ours = parent if parent is not None and parent_based else trace_id & TRACE_ID_LOW < bound
+                assert ours == theirs, (sampler.get_description(), parent)
+
+    class Plugin(sampling.Sampler):  # not one of the SDK's: asked, span by span
+        def should_sample(self, *args: Any, **kwargs: Any) -> sampling.SamplingResult:
+            return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE)
+
+        def get_description(self) -> str:
+            return "plugin"
+
+    assert inline_sampling(Plugin()) == (-1, False)
+
+
+def test_the_batch_processors_variables_are_honoured(
+    spawn_node: Any, upstream: MockUpstream, receiver: OtlpReceiver
+) -> None:
+    """OTEL_BSP_MAX_EXPORT_BATCH_SIZE: a full batch leaves at once (the schedule delay, a minute, is not waited for),
+    and no batch is larger; a batch larger than the queue stops start-up."""
+    node = spawn_node(traced(receiver, OTEL_BSP_SCHEDULE_DELAY="60000", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="3"))
+    for _ in range(3):
+        assert call(node, chat())[0] == 200
+    assert receiver.wait_for(lambda r: len(r.received) >= 6, 10), receiver.posts
+    assert [len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+            for body in receiver.bodies] == [3, 3]
+
+    bad = spawn_node(traced(receiver, OTEL_BSP_MAX_QUEUE_SIZE="5", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10"), ready=False)
+    assert bad.wait(15) == 2
+    assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=10" in bad.output and "no larger than the queue" in bad.output
+
+
+def test_a_full_queue_drops_the_oldest_spans() -> None:
+    """The export queue (OTEL_BSP_MAX_QUEUE_SIZE) keeps the newest spans when the collector falls behind, and the
+    dropped ones are counted into the exporter's warning."""
+    from utils.spans import Batches
+
+    class Stuck:
+        def __init__(self) -> None:
+            self.dropped_count = 0
+            self.sent: list[list[Any]] = []
+
+        def export(self, records: list[Any]) -> bool:
+            self.sent.append(records)
+            return True
+
+        def dropped(self, count: int) -> None:
+            self.dropped_count += count
+
+        def shutdown(self) -> None:
+            pass
+
+    class Owner:  # what Tracing.finished reads
+        def __init__(self, batches: Batches, exporter: Stuck) -> None:
+            self.batches, self.exporter = batches, exporter
+
+    from utils.spans import Tracing
+
+    exporter = Stuck()
+    batches = Batches(exporter, 3600.0, 4, 4)  # type: ignore[arg-type]
+    owner = Owner(batches, exporter)
+    batches.wake = lambda: None  # type: ignore[method-assign]  # (nothing leaves until the stop)
+    for n in range(3):
+        Tracing.finished(owner, [("a", n), ("b", n)])  # type: ignore[arg-type]
+    assert exporter.dropped_count == 2
+    batches.stop(5)
+    assert exporter.sent == [[("a", 1), ("b", 1), ("a", 2), ("b", 2)]]
+
+
+def test_the_nodes_encoding_of_a_batch_is_the_exporters() -> None:
+    """utils.spans.Encoder writes what the OTLP exporter's encoder writes for the same spans as the SDK's
+    (utils.spans.readable), for every field and attribute a record can have, its values of every size."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from models.usage import Usage
+    from utils.spans import CLIENT, SERVER, Encoder, Route, readable
+
+    resources = [
+        Resource({"service.name": "a", "n": 3, "t": True, "f": 0.5}, "https://opentelemetry.io/schemas/1.21.0"),
+        Resource({"service.name": "b" * 300}),
+    ]
+    scopes = [InstrumentationScope("mira.node", "1.2.3"), InstrumentationScope("mira.node")]
+    routes = [
+        Route("chat", "gpt-4o-mini", "", "openai", "api.openai.com", 443),
+        Route("text_completion", "modèle-日本" + "x" * 200, "sk-custom", "custom", "10.0.0.1", 8080),
+    ]
+    start = 1_700_000_000_000_000_000
+    parameters = [
+        (), (64, None, None, 0.25, 0.5), (None, 2**40, 7, 1, 1.0), (True, 3.5, None, float("nan"), -0.0),
+        (-(2**63), None, None, 0.0, 2**63), ("9", [1], float("inf"), -1e300, None),
+    ]
+    usages = [None, Usage(10, 20), Usage(2**31, 0, 5), Usage(0, 1, 0, 3)]
+    records: list[object] = []
+    for n in range(24):
+        trace_id = (2**127 + n * 2**70 + n) if n % 3 else 1 + n
+        state = ("", "k=v", "vendor=abc,other=" + "z" * 200)[n % 3]
+        records.append((
+            SERVER, trace_id, 2**63 + n, (0, 0xDEF, 2**64 - 1)[n % 3], state, start + n, start + 10**9 + n,
+            ("POST", "GET")[n % 2], ("/v1/chat/completions", "/v1/models", "/v1/" + "p" * 300)[n % 3],
+            ("http", "https")[n % 2], f"req-{n:08x}" * (1 + 20 * (n % 5 == 4)), (200, 404, 499, 500, 503)[n % 5],
+            ("127.0.0.1", "", "2001:db8::1")[n % 3],
+        ))
+        records.append([
+            CLIENT, trace_id, n + 1, 2**63 + n, state, start + n + 5, start + n + 500, routes[n % 2],
+            parameters[n % len(parameters)], n % 3, n % 2 == 1, n % 4, (0, 200, 429, 503)[n % 4],
+            ("", "chatcmpl-" + str(n), "id" * 100)[n % 3], ("", "gpt-4o-mini-2024-07-18", "m" * 150)[n % 3],
+            ((), ("stop",), ["stop", "length"], ("end_turn",) * 40)[n % 4], (None, 0.125, 0.0)[n % 3],
+            usages[n % 4], ("", "503", "connect_failed", "e" * 130)[n % 4], (None, 0.000123, 0.0, 7)[n % 4],
+        ])
+    for resource in resources:
+        for scope in scopes:
+            ours = ExportTraceServiceRequest.FromString(Encoder(resource, scope).encode(records))
+            spans = readable(records, resource, scope)
+            theirs = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializePartialToString())
+            assert ours == theirs
+            assert len(ours.resource_spans[0].scope_spans[0].spans) == len(records)
 
 
 def test_a_streams_id_model_and_finish_reasons_are_read_wherever_its_chunks_are_cut() -> None:
     from utils.redact import Redactor
-    from utils.spans import Peek
+    from utils.spans import Masks, Peek, Route
     from utils.upstream.usage import StreamUsage
 
     class Reader:
@@ -401,8 +533,9 @@ def test_a_streams_id_model_and_finish_reasons_are_read_wherever_its_chunks_are_
         b'data: {"id":"chatcmpl-7","choices":[{"index":1,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n',
     ]
     stream = b"".join(events)
+    masks, route = Masks(Redactor()), Route("chat", "gpt-x", "", "openai", "127.0.0.1", 80)
     for cut in range(1, len(stream)):
-        peek = Peek(Reader(), Redactor(), "", "gpt-x").stream()
+        peek = Peek(Reader(), masks, route).stream()
         assert peek.feed(stream[:cut]) + peek.feed(stream[cut:]) == stream
         assert (peek.id, peek.model, peek.reasons) == ("chatcmpl-7", "gpt-x", ["stop", "length"]), cut
 
