@@ -107,6 +107,15 @@ def node_env(request: pytest.FixtureRequest, upstream: MockUpstream) -> dict[str
 
 
 @pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No node setting in the environment and no .env file: settings read now are the defaults and what a test sets."""
+    for name in NODE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENV_FILE", os.devnull)
+    return monkeypatch
+
+
+@pytest.fixture
 def settings(node_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in NODE_VARIABLES:
         monkeypatch.delenv(name, raising=False)

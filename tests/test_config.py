@@ -11,7 +11,7 @@ import pytest
 
 import config
 from config import SETTINGS, ConfigError, Settings, load_settings
-from tests.conftest import NODE_VARIABLES, ROOT
+from tests.conftest import ROOT
 
 
 def readme_rows() -> dict[str, tuple[str, str]]:
@@ -73,14 +73,6 @@ def test_every_table_row_of_settings_is_one_of_its_fields_with_the_same_default(
 
 
 # -- loading ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in NODE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ENV_FILE", os.devnull)
-    return monkeypatch
 
 
 def test_defaults_when_nothing_is_set(clean_env: pytest.MonkeyPatch) -> None:

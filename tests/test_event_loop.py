@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
 import re
 import sys
 import urllib.request
@@ -27,7 +26,7 @@ import pytest
 
 import config
 from config import MAX_SECONDS, SETTINGS, ConfigError, load_settings
-from tests.conftest import NODE_VARIABLES, NodeProcess
+from tests.conftest import NodeProcess
 from tests.helpers import chat_body, get, post
 from tests.mock_upstream import Behavior
 from tests.test_check_config import check_config
@@ -170,14 +169,6 @@ def test_uvloop_refuses_a_nan_delay_where_the_standard_loop_does_not() -> None:
 def test_every_number_of_seconds_is_a_setting_the_table_knows() -> None:
     names = {row.env for row in SECONDS}
     assert {"UPSTREAM_TIMEOUT", "SHUTDOWN_TIMEOUT", "KEY_COOLDOWN", "REDIS_TIMEOUT", "LIVENESS_INTERVAL"} <= names
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in NODE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ENV_FILE", os.devnull)
-    return monkeypatch
 
 
 @pytest.mark.parametrize("raw", NOT_FINITE)
