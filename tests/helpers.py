@@ -14,6 +14,17 @@ from tornado.iostream import IOStream, StreamClosedError
 USER = [{"role": "user", "content": "Is the sky blue?"}]
 
 
+class Clock:
+    """A clock for the node's test hooks (a ledger's wall clock, the circuits' monotonic one) that moves only when
+    a test sets ``now``."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def chat_body(model: str = "openai/mock-model", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": USER, **extra}
 

@@ -26,7 +26,7 @@ import ujson
 
 import config
 from tests.conftest import NodeProcess
-from tests.helpers import error_of, get, post, sse_events
+from tests.helpers import Clock, error_of, get, post, sse_events
 from tests.mock_upstream import Behavior
 from tests.redis_server import RedisServer
 
@@ -45,16 +45,6 @@ THREE = [{"role": "user", "content": "one two three"}]  # 3 prompt tokens
 FOUR = "a b c d"  # 4 completion tokens
 ONE_CALL = (3 * 2 + 4 * 8) / 1e6  # a chat call of THREE answered FOUR at openai/gpt-4o-mini's price: $0.000038
 FILES = Path(os.environ.get("TMPDIR", "/tmp"))
-
-
-class Clock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

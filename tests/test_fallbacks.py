@@ -11,7 +11,7 @@ import openai
 import pytest
 import ujson
 
-from tests.helpers import USER, chat_body, closed_port, error_of, get, post, sse_events
+from tests.helpers import USER, Clock, chat_body, closed_port, error_of, get, post, sse_events
 from tests.mock_upstream import Behavior
 
 pytestmark = pytest.mark.gen_test(timeout=20)
@@ -136,19 +136,9 @@ async def test_the_fallbacks_file_gives_the_list_and_an_empty_list_asks_for_none
 # -- circuits -------------------------------------------------------------------------------------
 
 
-class Clock:
-    """Stands in for time.monotonic in the circuits, so a cooldown passes without waiting for it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 import ujson
 
 import config
-from tests.helpers import USER, chat_body, error_of, get, post, sse_events
+from tests.helpers import USER, Clock, chat_body, error_of, get, post, sse_events
 from tests.mock_upstream import Behavior
 
 pytestmark = pytest.mark.gen_test(timeout=20)
@@ -33,16 +33,6 @@ KEYS = ("sk-pool-first-AAAA1111", "sk-pool-second-BBBB2222", "sk-pool-third-CCCC
 POOL = ",".join(KEYS)
 LIMITS_FILE = Path(tempfile.gettempdir()) / f"mira-test-limits-{os.getpid()}.json"
 MIDNIGHT = calendar.timegm((2026, 12, 3, 0, 0, 0))  # 2026-12-03T00:00:00Z
-
-
-class Clock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

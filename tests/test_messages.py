@@ -19,7 +19,6 @@ import math
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ import anthropic
 import pytest
 
 from tests.conftest import SECRETS
-from tests.helpers import RawClient, get, post, sse_events
+from tests.helpers import Clock, RawClient, get, post, sse_events
 from tests.mock_upstream import Behavior
 from utils.redact import MASK
 from utils.upstream.ledger import session_key
@@ -77,16 +76,6 @@ def config_files() -> Iterator[None]:
     yield
     for path in (ALIASES_FILE, LIMITS_FILE, FALLBACKS_FILE):
         path.unlink(missing_ok=True)
-
-
-class Clock:
-    """The ledger's wall clock (key cooling), moved only by the test."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
