@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tornado.web import Application, RequestHandler
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.serving import stop_on_signals  # noqa: E402
+from utils import eventloop  # noqa: E402
 
 ANSWER = (
     b'{"id":"chatcmpl-bare","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,'
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    # the event loop the node runs on, chosen as the node chooses it (EVENT_LOOP, uvloop by default)
+    eventloop.install(eventloop.choose(os.environ.get("EVENT_LOOP", eventloop.UVLOOP))[0])
     asyncio.run(serve(args.host, args.port))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server import READ_CHUNK  # noqa: E402
 from tools.serving import stop_on_signals  # noqa: E402
+from utils import eventloop  # noqa: E402
 from utils.upstream.transport import Transfer, Transport, UpstreamCall, header_lines  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-not-a-real-key"}
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="the provider's base URL, e.g. http://127.0.0.1:PORT/v1")
     parser.add_argument("--client", choices=("tornado", "node"), default="tornado")
     args = parser.parse_args()
+    # the event loop the node runs on, chosen as the node chooses it (EVENT_LOOP, uvloop by default)
+    eventloop.install(eventloop.choose(os.environ.get("EVENT_LOOP", eventloop.UVLOOP))[0])
     asyncio.run(serve(args.host, args.port, args.upstream, args.client))
 
 
