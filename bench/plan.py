@@ -95,6 +95,10 @@ NODE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
         "PROVIDER_LIMITS_FILE": str(Path(__file__).resolve().parent / "budgets.json"),
     }),
 }
+# The event loop of every server of a run, the node's EVENT_LOOP (the reference servers install the same one):
+# BENCH_EVENT_LOOP=asyncio make bench runs the whole bench on asyncio's standard loop, for a figure-by-figure
+# comparison with a run on the default, uvloop.
+EVENT_LOOP = os.environ.get("BENCH_EVENT_LOOP", "uvloop")
 REDIS_URL_SLOT = "{redis}"
 # the same prices and budgets decided in process (no REDIS_URL): what pricing and dollar budgets add to "limits",
 # without the run-to-run spread of Redis's pipelining

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients import get_json
-from plan import BENCH, HOST, ROOT, UPSTREAM_SLOT
+from plan import BENCH, EVENT_LOOP, HOST, ROOT, UPSTREAM_SLOT
 
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
@@ -100,7 +100,7 @@ class Service:
 async def start_script(procs: Processes, name: str, script: str, cpu: int, *args: str) -> Service:
     """Start ``bench/<script>`` pinned to ``cpu`` and read its port from its ``listening on`` line."""
     argv = procs.taskset(cpu) + [sys.executable, str(BENCH / script), "--host", HOST, "--port", "0", *args]
-    service = Service(name, procs.start(name, argv), 0)
+    service = Service(name, procs.start(name, argv, {**os.environ, "EVENT_LOOP": EVENT_LOOP}), 0)
     await wait_listening(service, 15)
     return service
 
@@ -152,6 +152,7 @@ def node_env(upstream_port: int, limit: int, workers: int = 1, extra: dict[str, 
         UPSTREAM_MAX_CONNECTIONS=str(limit),
         SHUTDOWN_TIMEOUT="2",
         PYTHONUNBUFFERED="1",
+        EVENT_LOOP=EVENT_LOOP,  # the run's loop (plan.EVENT_LOOP); a variant may set its own
     )
     env.update({name: value.replace(UPSTREAM_SLOT, f"http://{HOST}:{upstream_port}") for name, value in (extra or {}).items()})
     return env

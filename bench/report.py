@@ -18,6 +18,7 @@ from load import HoldResult, StreamStats
 from phases import Measurements
 from plan import (
     BENCH,
+    EVENT_LOOP,
     FD_RESERVE,
     HOLD_INTERVAL_MS,
     JSON_CONNECTIONS,
@@ -527,7 +528,8 @@ def report(m: Measurements, use_wrk: bool, pinned: bool, when: datetime) -> str:
         f"# Benchmark, {m.plan.name} ({when:%Y-%m-%d %H:%M:%S})",
         "",
         f"Commit {git_revision()}; Python {platform.python_version()}; {os.cpu_count()} × {cpu_model()}; "
-        f"node pinned to CPU 0, upstream and load generator to CPU 1; one worker process; run took {m.seconds:.0f} s.",
+        f"node pinned to CPU 0, upstream and load generator to CPU 1; one worker process; event loop {EVENT_LOOP};"
+        f" run took {m.seconds:.0f} s.",
         "'direct' is the benchmark upstream (bench/upstream.py) measured alone in the same run.",
         "",
         "",
