@@ -5,6 +5,10 @@ one, since nearly every deadline is met) costs a timer handle, a heap push
 and a heap clean-up each time. :class:`Deadlines` keeps the deadlines in a
 dict and one loop timer, armed for the earliest of them: meeting a deadline
 is a dict delete.
+
+The timer's due time is kept here, not read back from the handle: uvloop's
+``call_at`` gives a plain ``Handle`` (no ``when()``) for a time less than
+half a millisecond away.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ class Deadlines:
 
     def __init__(self) -> None:
         self._due: dict[Hashable, tuple[float, Callable[[], None]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # the loop time the timer is due at (when there is one)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first add (looked up once)
 
     def __len__(self) -> int:
@@ -31,10 +36,11 @@ class Deadlines:
         when = loop.time() + seconds
         self._due[key] = (when, callback)
         timer = self._timer
-        if timer is None or when < timer.when():
+        if timer is None or when < self._timer_at:
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(when, self._expire)
+            self._timer_at = when
 
     def discard(self, key: Hashable) -> None:
         """``key`` met its deadline (or no longer has one); a no-op for a key not added."""
@@ -52,4 +58,5 @@ class Deadlines:
             if entry is not None:
                 entry[1]()
         if self._due and self._timer is None:
-            self._timer = loop.call_at(min(when for when, _ in self._due.values()), self._expire)
+            self._timer_at = min(when for when, _ in self._due.values())
+            self._timer = loop.call_at(self._timer_at, self._expire)
