@@ -22,6 +22,7 @@ import tempfile
 from typing import Any
 
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -40,6 +41,7 @@ from handlers import health, messages, meta, proxy, status, verify
 from handlers.base import NotFoundHandler
 from utils import eventloop, metrics, tracing
 from utils.context import NodeContext
+from utils.deadlines import Deadlines
 from utils.gate import loopback_host
 from utils.logs import log_request, setup_logging
 from utils.redact import PROCESS_REDACTOR, escape_control
@@ -85,6 +87,36 @@ def mode_of(settings: Settings) -> str:
     return "router" if settings.router_base_url else "standalone"
 
 
+IDLE_TIMEOUT = 75.0  # seconds a connection has, from its accept and from each answer's end, to send a request's headers
+
+
+class NodeServer(HTTPServer):
+    """Tornado's HTTP server, its idle-connection limit kept in one deadline set rather than a timer a request.
+
+    Tornado's own limit (``idle_connection_timeout``, a header timeout it always sets) wraps the header read of
+    every request in ``gen.with_timeout``: a future, a timer and its callbacks, 3 % of a proxied request's
+    instructions (bench/PERFORMANCE.md, issue 34). Here a connection gets ``idle_connection_timeout`` seconds from
+    its accept, and again from the end of each answer (``BaseHandler.on_finish``), to send the headers of its next
+    request; the handler made for those headers takes the deadline off (``BaseHandler.set_default_headers``), so
+    no request, however long, is cut by it. A connection that misses it is closed, as Tornado would close it, and
+    one that closes leaves the set.
+    """
+
+    def initialize(self, request_callback: Any, ctx: NodeContext, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(request_callback, **kwargs)
+        self.conn_params.header_timeout = None  # the deadlines below are the limit
+        self.idle = ctx.idle_connections = Deadlines()
+        self.idle_timeout = ctx.idle_timeout = float(kwargs.get("idle_connection_timeout") or 3600)
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        super().handle_stream(stream, address)
+        self.idle.add(stream, self.idle_timeout, stream.close)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        self.idle.discard(getattr(server_conn, "stream", None))
+
+
 class Node:
     """One serving process: its app, HTTP server and drain logic."""
 
@@ -104,8 +136,9 @@ class Node:
         # Bodies are streamed through BaseHandler, which enforces MAX_BODY_SIZE itself. Tornado allocates and
         # zeroes a fresh read buffer of chunk_size for every socket read (a 64 KB one by default, twice a
         # request); 16 KB holds a typical request whole and costs a quarter of that.
-        self.server = HTTPServer(
-            self.app, max_body_size=settings.max_body_size + 1, idle_connection_timeout=75, chunk_size=READ_CHUNK
+        self.server = NodeServer(
+            self.app, self.ctx, max_body_size=settings.max_body_size + 1, idle_connection_timeout=IDLE_TIMEOUT,
+            chunk_size=READ_CHUNK,
         )
         self.stopping = asyncio.Event()
         self.signals = 0

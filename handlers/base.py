@@ -96,6 +96,9 @@ class BaseHandler(RequestHandler):
         headers = self._headers
         if not self.request_id:
             self.ctx = self.application.settings["ctx"]
+            idle = self.ctx.idle_connections
+            if idle is not None:  # this request's headers came in time: the connection's idle deadline is off
+                idle.discard(getattr(self.request.connection, "stream", None))
             incoming = self.request.headers.get("X-Request-ID", "")
             if incoming and _REQUEST_ID_OK.match(incoming) and not self.ctx.redactor.found_in(incoming):
                 self.request_id = incoming
@@ -283,6 +286,11 @@ class BaseHandler(RequestHandler):
 
     def on_finish(self) -> None:
         self._body_complete()
+        idle = self.ctx.idle_connections
+        if idle is not None:  # the connection has IDLE_TIMEOUT to send its next request's headers (server.NodeServer)
+            stream = getattr(self.request.connection, "stream", None)
+            if stream is not None and not stream.closed():
+                idle.add(stream, self.ctx.idle_timeout, stream.close)
 
     def on_connection_close(self) -> None:
         self.client_aborted = True

@@ -142,6 +142,30 @@ def app(settings: Any, io_loop: Any, node_options: dict[str, Any]) -> Iterator[A
 
 
 @pytest.fixture
+def idle_timeout() -> float:
+    """The in-process node's IDLE_TIMEOUT (a module overrides it to see connections closed)."""
+    from server import IDLE_TIMEOUT
+
+    return IDLE_TIMEOUT
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, io_loop: Any, _unused_port: Any, app: Any, idle_timeout: float) -> Any:
+    """pytest-tornado's server fixture, with the node's server class (server.NodeServer) in place of Tornado's."""
+    from server import NodeServer
+
+    server = NodeServer(app, app.settings["ctx"], idle_connection_timeout=idle_timeout)
+    server.add_socket(_unused_port[0])
+
+    def stop() -> None:
+        server.stop()
+        io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
+
+    request.addfinalizer(stop)
+    return server
+
+
+@pytest.fixture
 def node_url(http_server: Any, http_port: int) -> str:
     """Base URL of the in-process node (no trailing slash)."""
     return f"http://127.0.0.1:{http_port}"

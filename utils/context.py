@@ -92,6 +92,9 @@ class NodeContext:
         )
         self.in_flight = 0
         self.body_deadlines = Deadlines()  # REQUEST_BODY_TIMEOUT of the bodies still arriving
+        # A connection's time to send its next request's headers (server.NodeServer; None under another server)
+        self.idle_connections: Deadlines | None = None
+        self.idle_timeout = 0.0
         self.draining = False
         self._idle: list[asyncio.Future[None]] = []
         self._running: set[Cancel] = set()  # the cancel tokens of the requests in flight
