@@ -43,13 +43,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from clients import CHAT_PATH, MESSAGES_PATH, get_json, post_request
 from load import messages_body, wrk_body
 from plan import HOST, JSON_CONNECTIONS, MODEL, NODE_VARIANTS, REDIS_URL_SLOT, ROOT, log
-from procs import Processes, Service, node_env, pin_self, start_redis, start_upstream, wait_listening
+from procs import Processes, Service, node_env, run_measurement, start_redis, start_upstream, wait_listening
 from readings import cpu_seconds
 
 CONNECTIONS = 8
@@ -238,21 +237,13 @@ def main() -> int:
         (tree.resolve(), variant, route, model)
         for tree in args.tree for variant in args.variant for route in args.route for model in args.model
     ]
-    logdir = Path(tempfile.mkdtemp(prefix="mira-instructions-"))
-    procs = Processes(logdir, pin_self())
-    try:
-        if args.callgrind_out:
-            args.callgrind_out.mkdir(parents=True, exist_ok=True)
-        table = asyncio.run(measure(procs, rows, args.requests, args.cpu, args.callgrind_out))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log(f"interrupted: every process stopped; their output is in {logdir}")
-        return 130
-    except Exception as exc:
-        log(f"failed: {exc.__class__.__name__}: {exc}; the processes' output is in {logdir}")
-        return 1
-    finally:
-        procs.stop_all()
-    shutil.rmtree(logdir, ignore_errors=True)
+    if args.callgrind_out:
+        args.callgrind_out.mkdir(parents=True, exist_ok=True)
+    code, table = run_measurement(
+        "mira-instructions-", lambda procs: asyncio.run(measure(procs, rows, args.requests, args.cpu, args.callgrind_out))
+    )
+    if table is None:
+        return code
     print(markdown(table, args.cpu))
     return 0
 

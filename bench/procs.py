@@ -14,12 +14,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from clients import get_json
-from plan import BENCH, EVENT_LOOP, HOST, ROOT, UPSTREAM_SLOT
+from plan import BENCH, EVENT_LOOP, HOST, ROOT, UPSTREAM_SLOT, log
 
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
@@ -66,6 +69,29 @@ class Processes:
     def stop_all(self) -> None:
         for child in reversed(list(self.running)):
             self.stop(child)
+
+
+T = TypeVar("T")
+
+
+def run_measurement(prefix: str, work: Callable[[Processes], T]) -> tuple[int, T | None]:
+    """``work`` given the run's processes, their logs in a fresh temporary folder named ``prefix...``: (0, its
+    result), the folder removed; or, interrupted or failed, (130 or 1, None) with the folder kept and said.
+    Every process is stopped either way."""
+    logdir = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes(logdir, pin_self())
+    try:
+        result = work(procs)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log(f"interrupted: every process stopped; their output is in {logdir}")
+        return 130, None
+    except Exception as exc:
+        log(f"failed: {exc.__class__.__name__}: {exc}; the processes' output is in {logdir}")
+        return 1, None
+    finally:
+        procs.stop_all()
+    shutil.rmtree(logdir, ignore_errors=True)
+    return 0, result
 
 
 @dataclass

@@ -27,19 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from load import hold_streams, stream_rounds
 from phases import node_warnings
 from plan import FD_RESERVE, HOST, NODE_VARIANTS, log
-from procs import Processes, Service, pin_self, start_node, start_upstream
+from procs import Processes, Service, run_measurement, start_node, start_upstream
 from readings import cpu_seconds
 from upstream import raise_fd_limit
 
@@ -161,19 +158,9 @@ def main() -> int:
     fd_limit = raise_fd_limit(4 * args.streams + 4096)
     if fd_limit < 2 * args.streams + FD_RESERVE:
         parser.error(f"only {fd_limit} file descriptors allowed: at most {(fd_limit - FD_RESERVE) // 2:,} streams")
-    logdir = Path(tempfile.mkdtemp(prefix="mira-status-cost-"))
-    procs = Processes(logdir, pin_self())
-    try:
-        found = asyncio.run(measure(procs, args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log(f"interrupted: every process stopped; their output is in {logdir}")
-        return 130
-    except Exception as exc:
-        log(f"failed: {exc.__class__.__name__}: {exc}; the processes' output is in {logdir}")
-        return 1
-    finally:
-        procs.stop_all()
-    shutil.rmtree(logdir, ignore_errors=True)
+    code, found = run_measurement("mira-status-cost-", lambda procs: asyncio.run(measure(procs, args)))
+    if found is None:
+        return code
     print(markdown(found, args.refreshes))
     return 0
 

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from instructions import COLLECTED, STOP_GRACE, start
 from load import StreamStats, stream_rounds
 from phases import node_warnings
 from plan import MODEL, RELAY_EVENTS, RELAY_INTERVAL_MS, RELAY_STREAMS, TRANSLATED_MODEL, log
-from procs import Processes, Service, node_env, pin_self, start_node, start_upstream
+from procs import Processes, Service, node_env, run_measurement, start_node, start_upstream
 from readings import cpu_seconds
 
 MODELS = {MODEL: 1, TRANSLATED_MODEL: 2}  # model -> events a stream brings beyond its chunks
@@ -132,8 +130,9 @@ def markdown(figures: dict[str, list[float]], totals: dict[str, StreamStats]) ->
         middle = statistics.median(values)
         stats = totals[name]
         failures = "; ".join(f"{n} × {what}" for what, n in stats.failures.items()) or "none"
+        ratio = f"{middle / relayed:.2f}×" if relayed else "n/a"  # a run too short to measure any CPU
         lines.append(
-            f"| {labels[name]} | {', '.join(f'{v:.1f}' for v in values)} | {middle:.1f} µs | {middle / relayed:.2f}× "
+            f"| {labels[name]} | {', '.join(f'{v:.1f}' for v in values)} | {middle:.1f} µs | {ratio} "
             f"| {stats.events:,} | {stats.coalesced_percent or 0:.1f} % | {failures} |"
         )
     return "\n".join(lines)
@@ -150,20 +149,15 @@ def main() -> int:
     args = parser.parse_args()
     if not (1 <= args.rounds <= 50 and 1 <= args.streams <= 1000 and 2 <= args.events <= 100_000):
         parser.error("--rounds 1-50, --streams 1-1000, --events 2-100000")
-    logdir = Path(tempfile.mkdtemp(prefix="mira-translate-events-"))
-    procs = Processes(logdir, pin_self())
-    try:
+    def work(procs: Processes) -> tuple[dict[str, list[float]], dict[str, StreamStats], dict[str, float]]:
         figures, totals = asyncio.run(measure(procs, args))
         counted = asyncio.run(instructions(procs, args.tree.resolve())) if args.instructions else {}
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log(f"interrupted: every process stopped; their output is in {logdir}")
-        return 130
-    except Exception as exc:
-        log(f"failed: {exc.__class__.__name__}: {exc}; the processes' output is in {logdir}")
-        return 1
-    finally:
-        procs.stop_all()
-    shutil.rmtree(logdir, ignore_errors=True)
+        return figures, totals, counted
+
+    code, found = run_measurement("mira-translate-events-", work)
+    if found is None:
+        return code
+    figures, totals, counted = found
     print(markdown(figures, totals))
     if counted:
         print("\n| stream to | instructions per event (callgrind) | / relayed |\n| --- | ---: | ---: |")
