@@ -25,6 +25,19 @@ class Clock:
         return self.now
 
 
+async def scrape(node_url: str) -> str:
+    """The node's /metrics text."""
+    return (await get(node_url + "/metrics")).body.decode()
+
+
+def sample(text: str, series: str) -> float:
+    """The value of one series (``name{labels}``) in a /metrics text; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def chat_body(model: str = "openai/mock-model", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": USER, **extra}
 

@@ -26,7 +26,7 @@ import ujson
 
 import config
 from tests.conftest import NodeProcess
-from tests.helpers import Clock, error_of, get, post, sse_events
+from tests.helpers import Clock, error_of, get, post, sample, scrape, sse_events
 from tests.mock_upstream import Behavior
 from tests.redis_server import RedisServer
 
@@ -107,18 +107,6 @@ def body(model: str = "openai/gpt-4o-mini", **extra: Any) -> dict[str, Any]:
 
 def messages_body(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "max_tokens": 64, "messages": THREE, **extra}
-
-
-async def scrape(node_url: str) -> str:
-    return (await get(node_url + "/metrics")).body.decode()
-
-
-def sample(text: str, series: str) -> float:
-    """The value of one series (``name{labels}``) in a /metrics text; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def cost_header(response: Any) -> float | None:

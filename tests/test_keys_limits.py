@@ -23,7 +23,7 @@ import pytest
 import ujson
 
 import config
-from tests.helpers import USER, Clock, chat_body, error_of, get, post, sse_events
+from tests.helpers import USER, Clock, chat_body, error_of, get, post, sample, scrape, sse_events
 from tests.mock_upstream import Behavior
 
 pytestmark = pytest.mark.gen_test(timeout=20)
@@ -61,18 +61,6 @@ def with_limits(table: dict) -> pytest.MarkDecorator:
 def keys_used(upstream, since: int = 0) -> list[int]:
     """The position (1, 2, 3) in KEYS of the key of each request the upstream saw (from request ``since`` on)."""
     return [KEYS.index(r.headers["authorization"].removeprefix("Bearer ")) + 1 for r in upstream.requests[since:]]
-
-
-async def metrics_text(node_url: str) -> str:
-    return (await get(node_url + "/metrics")).body.decode()
-
-
-def sample(text: str, series: str) -> float:
-    """The value of one series (``name{labels}``) in a /metrics text; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # -- key pools ----------------------------------------------------------------------------------------------
@@ -116,7 +104,7 @@ async def test_a_cooled_key_is_skipped_until_its_retry_after_is_over(node_url, u
     for _ in range(4):
         assert (await post(node_url + CHAT, chat_body())).code == 200
     assert keys_used(upstream, 3) == [1, 3, 1, 3]
-    text = await metrics_text(node_url)
+    text = await scrape(node_url)
     assert sample(text, 'mira_provider_key_cooling{key="2",provider="openai"}') == 1.0
     assert sample(text, 'mira_provider_key_cooling{key="1",provider="openai"}') == 0.0
     clock.now += 31
@@ -187,7 +175,7 @@ async def test_logs_metrics_and_errors_name_keys_by_position_only(node_url, upst
     response = await post(node_url + CHAT, chat_body())
     assert response.code == 400
     assert b"sk-pool" not in response.body and b"BBBB2222" not in response.body
-    text = await metrics_text(node_url)
+    text = await scrape(node_url)
     assert 'mira_provider_key_cooling{key="1",provider="openai"} 1.0' in text
     logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert "key 1 of 3" in logged
@@ -213,7 +201,7 @@ def test_every_key_of_a_pool_is_a_secret(monkeypatch):
 @with_limits({"openai": {"rpm": 2}})
 @pytest.mark.node_env(PROVIDER_LIMITS_FILE=str(LIMITS_FILE), CIRCUIT_FAILURES="1")
 async def test_rpm_refusals_never_reach_the_upstream(limits, node_url, upstream, clock):
-    before = sample(await metrics_text(node_url), 'mira_limit_refusals_total{limit="rpm",provider="openai"}')
+    before = sample(await scrape(node_url), 'mira_limit_refusals_total{limit="rpm",provider="openai"}')
     for _ in range(2):
         assert (await post(node_url + CHAT, chat_body())).code == 200
     clock.now += 20
@@ -224,7 +212,7 @@ async def test_rpm_refusals_never_reach_the_upstream(limits, node_url, upstream,
     assert "openai" in error["message"] and "rpm" in error["message"]
     assert refused.headers["Retry-After"] == "40"
     assert len(upstream.requests) == 2
-    after = sample(await metrics_text(node_url), 'mira_limit_refusals_total{limit="rpm",provider="openai"}')
+    after = sample(await scrape(node_url), 'mira_limit_refusals_total{limit="rpm",provider="openai"}')
     assert after == before + 1
     health = ujson.loads((await get(node_url + "/health")).body)
     assert health["providers"]["openai"] == "up"  # a refusal is no circuit failure
@@ -258,7 +246,7 @@ async def test_the_daily_budget_is_refused_until_the_next_utc_midnight(limits, n
     clock.now = MIDNIGHT - 30  # 23:59:30 UTC
     hi = chat_body(messages=[{"role": "user", "content": "hi"}])
     assert (await post(node_url + CHAT, hi)).code == 200  # 0 < 8: sent; it reports 1 + 7 tokens
-    text = await metrics_text(node_url)
+    text = await scrape(node_url)
     assert sample(text, 'mira_tokens_today{provider="openai"}') == 8
     refused = await post(node_url + CHAT, chat_body())
     assert refused.code == 429
