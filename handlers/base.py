@@ -18,13 +18,13 @@ from typing import Any
 
 import ujson
 from tornado.http1connection import HTTP1Connection
-from tornado.httputil import HTTPHeaders
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from models.errors import ERROR_TYPES, ApiError
 from models.jsonbody import json_bytes
 from utils import metrics, tracing
 from utils.context import NodeContext
+from utils.http1 import empty_headers
 from utils.upstream import Cancel, Cancelled, check_custom_provider, shutdown_error
 
 log = logging.getLogger("mira.handlers")
@@ -83,7 +83,7 @@ class BaseHandler(RequestHandler):
         As Tornado's own, less its ``Server`` header (the node's version is for ``--version`` and
         ``mira_build_info``, not for every caller) and with a ``Date`` made once a second.
         """
-        self._headers = HTTPHeaders()
+        self._headers = empty_headers()
         self._headers["Date"] = http_date()
         self.set_default_headers()
         self._write_buffer = []

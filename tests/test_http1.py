@@ -8,7 +8,7 @@ import random
 import pytest
 from tornado.httputil import HTTPHeaders, HTTPInputError
 
-from utils.http1 import parse_headers
+from utils.http1 import empty_headers, parse_headers
 
 # Characters that sit on the edges of RFC 9110's rules: token and separator characters, whitespace, controls,
 # DEL, obs-text, the colon, CR.
@@ -98,3 +98,11 @@ async def test_the_node_serves_through_the_parse(http_server, http_port, upstrea
 async def test_a_malformed_header_line_is_a_400(http_server, http_port, line) -> None:
     answer = await exchange(http_port, b"GET /health HTTP/1.1\r\nHost: node\r\n" + line + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_empty_headers_is_tornados_empty_headers() -> None:
+    made, tornados = empty_headers(), HTTPHeaders()
+    assert type(made) is HTTPHeaders and vars(made) == vars(tornados)  # a new attribute in Tornado fails here
+    made.add("X-A", "1")
+    made.add("x-a", "2")
+    assert made.get_list("X-A") == ["1", "2"] and made["X-A"] == "1,2" and vars(empty_headers()) == vars(tornados)

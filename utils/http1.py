@@ -31,10 +31,19 @@ _LINE = re.compile(
 )
 
 
+def empty_headers() -> HTTPHeaders:
+    """``HTTPHeaders()``, less its constructor's generic ``MutableMapping.update`` of nothing (two ABC checks and a
+    ``hasattr``: 0.5 µs, twice a request). tests/test_http1.py checks the object against Tornado's own."""
+    headers = HTTPHeaders.__new__(HTTPHeaders)
+    headers._as_list = {}
+    headers._combined_cache = {}
+    return headers
+
+
 def parse_headers(text: str) -> HTTPHeaders:
     """The header lines of ``text`` (latin-1 text, each line ended by LF or CRLF) as Tornado's
     ``HTTPHeaders.parse`` reads them: the same headers, or the same ``HTTPInputError``."""
-    headers = HTTPHeaders()
+    headers = empty_headers()
     lines = text.split("\n")
     last = lines.pop()  # what follows the last LF: nothing, in a request's header block
     match = _LINE.fullmatch
