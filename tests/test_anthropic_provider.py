@@ -315,6 +315,21 @@ async def test_a_translated_stream_ends_with_done(node_url, upstream):
     assert events.count(b"data: [DONE]") == 1
 
 
+async def test_a_translated_stream_cut_short_is_an_error_to_the_sdk(node_url, upstream):
+    # The Messages upstream's stream ends (its HTTP answer whole) after text, with no message_delta or message_stop.
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 3}}}
+    events = [start, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}]
+    body = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    upstream.default = Behavior(raw_body=body, content_type="text/event-stream")
+    payloads = data_of((await post(node_url + CHAT, chat_body(MODEL, stream=True))).body)
+    assert "[DONE]" not in payloads and "ended before the answer was complete" in payloads[-1]["error"]["message"]
+    upstream.default = Behavior(raw_body=body, content_type="text/event-stream")
+    with pytest.raises(openai.APIError, match="ended before the answer was complete"):
+        async for _ in await sdk(node_url).chat.completions.create(model=MODEL, messages=USER, stream=True):
+            pass
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_thinking_blocks_are_dropped(node_url, upstream, stream):
     upstream.default = Behavior(thinking="SECRET PLAN: say hello")

@@ -606,6 +606,20 @@ async def test_an_upstream_error_event_mid_stream_becomes_an_error_event_masked(
     assert events[-1][1]["error"] == {"type": "api_error", "message": f"Error from openai API: boom with {MASK}"}
 
 
+async def test_a_translated_stream_cut_short_is_an_error_to_the_sdk(node_url, upstream):
+    # The chat upstream's stream ends (its HTTP answer whole) with neither a finish_reason nor [DONE].
+    body = chat_sse(chat_chunk({"role": "assistant", "content": "Hi"}), chat_chunk({"content": " there"}))
+    upstream.default = Behavior(raw_body=body, content_type="text/event-stream")
+    response = await post(node_url + MESSAGES, messages_body(TRANSLATED, stream=True))
+    events = events_of(response.body)
+    assert names_of(events)[-1] == "error" and "message_stop" not in names_of(events)
+    upstream.default = Behavior(raw_body=body, content_type="text/event-stream")
+    async with sdk(node_url) as client:
+        with pytest.raises(anthropic.APIStatusError, match="ended before the answer was complete"):
+            async with client.messages.stream(model=TRANSLATED, max_tokens=64, messages=USER) as stream:
+                await stream.get_final_message()
+
+
 async def test_the_sdk_reads_a_translated_tool_call_stream(node_url, upstream):
     upstream.default = Behavior(content="", tool_call=TOOL_CALL)
     async with sdk(node_url) as client:

@@ -10,6 +10,7 @@ import pytest
 from models.errors import ApiError
 from models.usage import Usage
 from utils.translate import ChatStream, chat_completion, check_supported, messages_body
+from utils.translate.common import CUT_SHORT
 
 MODEL = "claude-sonnet-4-5"
 
@@ -730,6 +731,26 @@ def test_finish_translates_a_last_event_without_its_blank_line() -> None:
     assert stream.feed(events[-1][:-1]) == b""  # "...}\n" with the blank line missing
     assert chunks(stream.finish()) == ["[DONE]"]
     assert stream.finish() == b""
+
+
+def test_finish_of_a_message_that_never_stopped_is_an_error_event() -> None:
+    stream = ChatStream(MODEL, True, mask=lambda text: text)
+    events = text_stream()
+    stopped = [event for event in events if b"message_stop" not in event]
+    assert len(stopped) == len(events) - 1
+    out = b"".join(stream.feed(event) for event in stopped)
+    assert b"[DONE]" not in out
+    assert chunks(stream.finish()) == [
+        {"error": {"message": f"Error from anthropic API: {CUT_SHORT}", "type": "api_error", "param": None, "code": None}}
+    ]
+    assert stream.finish() == b""
+
+
+def test_finish_after_an_error_event_or_before_any_message_adds_nothing() -> None:
+    stream = ChatStream(MODEL, False)
+    stream.feed(b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n')
+    assert stream.finish() == b""
+    assert ChatStream(MODEL, False).finish() == b""
 
 
 def test_data_lines_without_event_lines() -> None:

@@ -12,6 +12,7 @@ import pytest
 from models.errors import ApiError
 from models.usage import Usage
 from utils.translate import MessagesStream, chat_body, count_tokens_estimate, error_event, messages_answer
+from utils.translate.common import CUT_SHORT
 
 UPSTREAM_MODEL = "gpt-4o"
 CLIENT_MODEL = "openai/gpt-4o"
@@ -961,9 +962,18 @@ def test_finish_without_done_closes_the_message() -> None:
     assert stream.ended and stream.finish() == b""
 
 
-def test_finish_without_a_finish_reason_writes_nothing() -> None:
-    stream = MessagesStream(CLIENT_MODEL)
+def test_finish_without_a_finish_reason_is_an_error_not_a_whole_answer() -> None:
+    stream = MessagesStream(CLIENT_MODEL, provider="groq")
     stream.feed(first() + content("cut off"))
+    assert parse(stream.finish()) == [  # as an upstream error event ends it: the error alone, no message_stop
+        ("error", {"type": "error", "error": {"type": "api_error", "message": f"Error from groq API: {CUT_SHORT}"}}),
+    ]
+    assert stream.ended and stream.finish() == b"" and stream.feed(content("late")) == b""
+
+
+def test_finish_of_a_stream_that_never_began_writes_nothing() -> None:
+    stream = MessagesStream(CLIENT_MODEL)
+    stream.feed(b": keep-alive\n\n")
     assert stream.finish() == b"" and not stream.ended
 
 

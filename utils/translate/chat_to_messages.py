@@ -28,7 +28,7 @@ import ujson
 
 from models.errors import ApiError, bad_request
 from models.usage import Usage
-from utils.translate.common import bad, last_boundary, text_of, to_json, tool_parts, typed_items
+from utils.translate.common import CUT_SHORT, bad, last_boundary, text_of, to_json, tool_parts, typed_items
 
 PROVIDER = "anthropic"
 
@@ -414,6 +414,8 @@ def chat_completion(data: bytes, model: str) -> tuple[bytes, Usage | None]:
     return to_json(out), usage
 
 
+_WAITING, _STARTED, _ENDED = 0, 1, 2  # a ChatStream's message: not begun, begun, stopped (or an error)
+
 class ChatStream:
     """One Messages SSE stream translated to chat chunks as it arrives.
 
@@ -428,7 +430,9 @@ class ChatStream:
     message of an upstream error event before it reaches the client.
     """
 
-    __slots__ = ("model", "include_usage", "mask", "usage", "_tail", "_tokens", "_tools", "_head", "_open", "_content")
+    __slots__ = (
+        "model", "include_usage", "mask", "usage", "_tail", "_tokens", "_tools", "_head", "_open", "_content", "_state"
+    )
 
     def __init__(self, model: str, include_usage: bool, mask: Callable[[str], str] = str) -> None:
         self.model = model
@@ -441,6 +445,7 @@ class ChatStream:
         self._head = b""  # 'data: {"id":...,"model":...,'
         self._open = b""  # the head and '"choices":[{"index":0,"delta":'
         self._content = b""  # the open bytes and '{"content":'
+        self._state = _WAITING  # _STARTED at message_start, _ENDED at message_stop or an error event
         self._begin(_new_id(), model)
 
     def _begin(self, message_id: str, model: str) -> None:
@@ -472,9 +477,13 @@ class ChatStream:
         return self._events(data[:end])
 
     def finish(self) -> bytes:
-        """At the end of the upstream: the chat bytes of a last event that lacked its blank line."""
+        """At the end of the upstream: the chat bytes of a last event that lacked its blank line; and, for a
+        stream whose message began but never stopped, an error event (never an end as if the answer were whole)."""
         tail, self._tail = self._tail, b""
-        return self._events(tail) if tail.strip() else b""
+        out = self._events(tail) if tail.strip() else b""
+        if self._state == _STARTED:
+            out += self._error({"error": {"message": CUT_SHORT, "type": "api_error"}})
+        return out
 
     def _events(self, data: bytes) -> bytes:
         """The chat bytes of the whole events in ``data``."""
@@ -522,6 +531,7 @@ class ChatStream:
         if kind == "message_start":
             return self._message_start(event)
         if kind == "message_stop":
+            self._state = _ENDED
             if self.include_usage and self.usage is not None:
                 return self._head + b'"choices":[],"usage":' + to_json(_chat_usage(self.usage)) + b"}\n\n" + _DONE
             return _DONE
@@ -530,6 +540,8 @@ class ChatStream:
         return b""  # content_block_stop, ping, and events chat has no use for
 
     def _message_start(self, event: dict[str, Any]) -> bytes:
+        if self._state == _WAITING:
+            self._state = _STARTED
         message = event.get("message")
         if type(message) is not dict:
             message = {}
@@ -583,6 +595,7 @@ class ChatStream:
         self.usage = _make_usage(*self._tokens)
 
     def _error(self, event: dict[str, Any]) -> bytes:
+        self._state = _ENDED
         error = event.get("error")
         if type(error) is not dict:
             error = {}

@@ -8,6 +8,10 @@ import ujson
 
 from models.errors import ApiError, bad_request
 
+# What a translated stream says, as an error event, when its upstream's stream stopped after the answer began but
+# before its end (chat: no finish_reason; Messages: no message_stop): never an end as if the answer were whole.
+CUT_SHORT = "the stream ended before the answer was complete"
+
 
 def to_json(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON; a string that cannot be UTF-8 (a lone surrogate) is written escaped."""

@@ -32,7 +32,7 @@ import ujson
 
 from models.errors import ApiError
 from models.usage import Usage
-from utils.translate.common import bad, last_boundary, text_of, to_json, tool_parts, typed_items
+from utils.translate.common import CUT_SHORT, bad, last_boundary, text_of, to_json, tool_parts, typed_items
 
 __all__ = ["MessagesStream", "chat_body", "count_tokens_estimate", "error_event", "messages_answer"]
 
@@ -535,7 +535,8 @@ class MessagesStream:
     :meth:`feed` takes the upstream's bytes in any split and returns the Messages SSE bytes of every
     event the chunk completes (b"" when none); only the bytes of an incomplete event are kept
     between calls. :meth:`finish` translates a last event that lacked its blank line, and closes
-    the message when a finish_reason came but ``data: [DONE]`` did not. ``usage`` is the usage
+    the message when a finish_reason came but ``data: [DONE]`` did not; a stream that ended with
+    neither, after its message began, ends with an ``api_error`` event instead of ``message_stop``. ``usage`` is the usage
     chunk's (None until one came); ``ended`` is True once ``message_stop`` or an error event has
     been written, after which nothing more is.
 
@@ -601,8 +602,12 @@ class MessagesStream:
         if self.ended:
             return b""
         out = self._events(tail) if tail.strip() else b""
-        if not self.ended and self._reason is not None:
-            out += self._end()
+        if not self.ended:
+            if self._reason is not None:
+                out += self._end()
+            elif self._started:  # cut short: said as an error, never ended as if the answer were whole
+                self.ended = True
+                out += error_event("api_error", f"Error from {self.provider} API: {CUT_SHORT}")
         return out
 
     def _events(self, data: bytes) -> bytes:
