@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ from config import (
 from handlers import eval as evaluation
 from handlers import health, messages, meta, proxy, status, verify
 from handlers.base import NotFoundHandler
-from utils import eventloop, metrics, tracing
+from utils import collector, eventloop, metrics, tracing
 from utils.context import NodeContext
 from utils.deadlines import Deadlines
 from utils.gate import loopback_host
@@ -70,18 +69,11 @@ def make_app(ctx: NodeContext) -> Application:
     )
 
 
-# Python's collector: full collections a tenth as often (the young ones unchanged). Each full collection walks every
-# tracked object, about 120 per held stream, with the loop stopped: 0.12 s at 1,000 streams, 1.2 s at 10,000
-# (bench/PERFORMANCE.md, issue 24).
-GC_THRESHOLDS = (700, 10, 100)
-
-
 def collect_less() -> None:
-    """Before serving: what start-up made (modules, the app, ~135,000 objects) is never walked again, and the
-    collector's full collections come a tenth as often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    """Before serving: what start-up made (modules, the app, ~31,000 objects) is never walked again, the collector's
+    full collections come a tenth as often, and while the heap is large (thousands of streams held) each full
+    collection walks only what is newer than the last one (utils/collector.py; bench/PERFORMANCE.md, issue 34)."""
+    collector.install()
 
 
 def mode_of(settings: Settings) -> str:
