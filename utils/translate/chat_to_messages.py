@@ -416,6 +416,7 @@ def chat_completion(data: bytes, model: str) -> tuple[bytes, Usage | None]:
 
 _WAITING, _STARTED, _ENDED = 0, 1, 2  # a ChatStream's message: not begun, begun, stopped (or an error)
 
+
 class ChatStream:
     """One Messages SSE stream translated to chat chunks as it arrives.
 
