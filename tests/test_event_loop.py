@@ -79,24 +79,25 @@ def test_choose_falls_back_to_the_standard_loop_with_a_warning(monkeypatch: pyte
     assert eventloop.choose("asyncio") == ("asyncio", "")  # nothing to warn about when it is not wanted
 
 
+def new_loop_name() -> str:
+    """The name of the loop a new event loop is (made and closed)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return eventloop.name_of(loop)
+    finally:
+        loop.close()
+
+
 def test_install_decides_the_loop_every_later_loop_is(event_loop_name: str) -> None:
     # the policy object itself comes back after: the mock upstream's thread set its loop in that one
     policy = asyncio.get_event_loop_policy()
     try:
         for name in eventloop.EVENT_LOOPS:
             eventloop.install(name)
-            loop = asyncio.new_event_loop()
-            try:
-                assert eventloop.name_of(loop) == name
-            finally:
-                loop.close()
+            assert new_loop_name() == name
     finally:
         asyncio.set_event_loop_policy(policy)
-    loop = asyncio.new_event_loop()
-    try:
-        assert eventloop.name_of(loop) == event_loop_name
-    finally:
-        loop.close()
+    assert new_loop_name() == event_loop_name
 
 
 @pytest.mark.gen_test
